@@ -1,0 +1,96 @@
+"""The `anyband` command: build and inspect models (the service adds api, worker and serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from anyband.adapt import INIT_STRATEGIES
+from anyband.errors import AnybandError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (AnybandError, ValueError, FileNotFoundError) as exc:
+        print(f"anyband {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anyband", description="Fine-tune ImageNet ResNet50 on imagery with any band count."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build an adapted ResNet50 classifier and save it")
+    build.add_argument("--bands", type=int, required=True, help="input band count (>= 1)")
+    build.add_argument("--classes", type=int, required=True, help="number of classes (>= 2)")
+    build.add_argument("--strategy", choices=INIT_STRATEGIES, default="repeat", help="conv1 init")
+    build.add_argument(
+        "--rgb-bands",
+        type=int,
+        nargs=3,
+        default=(1, 2, 3),
+        metavar=("R", "G", "B"),
+        help="for --strategy rgb: 1-based positions of red, green, blue",
+    )
+    build.add_argument("--initializer", help="Keras initializer name, e.g. glorot_uniform")
+    build.add_argument(
+        "--weights", default="imagenet", help="imagenet, none, or a 3-band ResNet50 weights file"
+    )
+    build.add_argument("--band-mean", type=float, nargs="+", help="per-band mean (raw units)")
+    build.add_argument("--band-std", type=float, nargs="+", help="per-band std (raw units)")
+    build.add_argument("--seed", type=int)
+    build.add_argument("--out", type=Path, required=True, help="where to save the .keras model")
+    build.set_defaults(run=_build)
+
+    inspect = commands.add_parser("inspect", help="describe a saved anyband model")
+    inspect.add_argument("path", type=Path)
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    from anyband.model import build_classifier
+
+    if args.out.suffix != ".keras":
+        raise ValueError(f"--out must end in .keras. Received: {args.out}")
+    model = build_classifier(
+        args.bands,
+        args.classes,
+        strategy=args.strategy,
+        weights=args.weights,
+        rgb_bands=tuple(args.rgb_bands),
+        initializer=args.initializer,
+        band_mean=args.band_mean,
+        band_std=args.band_std,
+        seed=args.seed,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(args.out)
+    print(
+        f"saved {args.out} ({args.bands} bands, {args.classes} classes, strategy {args.strategy})"
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from anyband.model import describe
+    from anyband.saving import load_model
+
+    if not args.path.is_file():
+        raise FileNotFoundError(f"no model file at {args.path}")
+    print(json.dumps(describe(load_model(args.path)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

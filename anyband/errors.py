@@ -1,0 +1,13 @@
+"""Exceptions raised by the anyband library; each subclasses the built-in a caller would expect."""
+
+
+class AnybandError(Exception):
+    """Base class for every error anyband raises on purpose."""
+
+
+class WeightsNotFoundError(AnybandError, FileNotFoundError):
+    """Pretrained weights are not on this machine and may not be downloaded."""
+
+
+class InvalidWeightsError(AnybandError, ValueError):
+    """A weights file exists but is not the 3-band ResNet50 it claims to be."""
