@@ -37,8 +37,10 @@ def test_build_then_inspect_through_the_installed_command(tmp_path):
 def test_build_with_imagenet_and_band_stats(imagenet_weights, tmp_path, capsys):
     out = tmp_path / "pb.keras"
     code = main(
-        ["build", "--bands", "2", "--classes", "3", "--strategy", "per_band"]
-        + ["--band-mean", "10", "20", "--band-std", "2", "4", "--out", str(out)]
+        [
+            *("build", "--bands", "2", "--classes", "3", "--strategy", "per_band"),
+            *("--band-mean", "10", "20", "--band-std", "2", "4", "--out", str(out)),
+        ]
     )
     assert code == 0
     assert main(["inspect", str(out)]) == 0
@@ -50,8 +52,10 @@ def test_build_with_imagenet_and_band_stats(imagenet_weights, tmp_path, capsys):
 
 def test_bad_arguments_exit_2_with_the_reason(tmp_path, capsys):
     code = main(
-        ["build", "--bands", "0", "--classes", "3", "--weights", "none"]
-        + ["--out", str(tmp_path / "x.keras")]
+        [
+            *("build", "--bands", "0", "--classes", "3", "--weights", "none"),
+            *("--out", str(tmp_path / "x.keras")),
+        ]
     )
     assert code == 2
     assert "bands must be an integer >= 1. Received: bands=0" in capsys.readouterr().err
