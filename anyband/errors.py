@@ -11,3 +11,15 @@ class WeightsNotFoundError(AnybandError, FileNotFoundError):
 
 class InvalidWeightsError(AnybandError, ValueError):
     """A weights file exists but is not the 3-band ResNet50 it claims to be."""
+
+
+class InvalidDatasetError(AnybandError, ValueError):
+    """An upload or tile that is not a valid dataset; the message says what and what is expected."""
+
+
+class InvalidRasterError(AnybandError, ValueError):
+    """A file that is not a safe, readable GeoTIFF within the size budget."""
+
+
+class DatasetNotFoundError(AnybandError, FileNotFoundError):
+    """A folder holds no ingested dataset (no dataset.json, tiles.npy or labels.npy)."""
