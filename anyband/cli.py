@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="describe a saved anyband model")
     inspect.add_argument("path", type=Path)
     inspect.set_defaults(run=_inspect)
+
+    api = commands.add_parser("api", help="run the REST API (uvicorn)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--log-level", default="info")
+    api.set_defaults(run=_api)
     return parser
 
 
@@ -89,6 +95,24 @@ def _inspect(args: argparse.Namespace) -> int:
     if not args.path.is_file():
         raise FileNotFoundError(f"no model file at {args.path}")
     print(json.dumps(describe(load_model(args.path)), indent=2))
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from anyband.settings import get_settings
+
+    host = args.host
+    if not get_settings().api_key_list and host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"anyband api: ANYBAND_API_KEYS is empty, so authentication is off: binding to "
+            f"127.0.0.1 instead of {host}. Set ANYBAND_API_KEYS to serve other machines.",
+            file=sys.stderr,
+        )
+        host = "127.0.0.1"
+    # By import string: the launcher starts the service without the library importing it.
+    uvicorn.run("service.main:app", host=host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The anyband REST service (FastAPI)."""

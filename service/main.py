@@ -1,0 +1,44 @@
+"""Builds the FastAPI app: settings, database, problem-detail errors, one router per resource."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from anyband.settings import Settings, get_settings
+from anyband.store import init_db
+from service.problems import install_problem_handlers
+from service.routes import datasets, health, weights
+
+log = logging.getLogger("anyband.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.sessions = init_db(settings.sqlalchemy_url)
+        if not settings.api_key_list:
+            log.warning("ANYBAND_API_KEYS is empty: authentication is OFF (bind to 127.0.0.1 only)")
+        yield
+        app.state.sessions.kw["bind"].dispose()
+
+    app = FastAPI(
+        title="anyband",
+        version="0.1.0",
+        summary="Fine-tune ImageNet ResNet50 on satellite imagery with any number of bands.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(datasets.router)
+    app.include_router(weights.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,63 @@
+"""RFC 9457 problem details: every error the API returns, in one shape."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """Raise from a route to answer with a problem detail."""
+
+    def __init__(self, status: int, detail: str, *, errors: list[dict] | None = None, **extra):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.extra = extra
+
+
+def problem_response(status: int, detail: str, errors=None, headers=None, **extra) -> JSONResponse:
+    phrase = HTTPStatus(status).phrase
+    body = {
+        "type": f"https://anyband.dev/problems/{phrase.lower().replace(' ', '-')}",
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_request: Request, exc: Problem):
+        return problem_response(exc.status, exc.detail, exc.errors, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError):
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        fields = ", ".join(e["field"] for e in errors)
+        return problem_response(422, f"the request is invalid: check {fields}", errors)
+
+
+PROBLEM_RESPONSES = {
+    status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_JSON: {}}}
+    for status in (400, 401, 404, 409, 413, 422)
+}

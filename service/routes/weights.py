@@ -1,0 +1,107 @@
+"""Weights: upload a user's 3-band ResNet50 weights (checked by loading them), list them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+
+from anyband.errors import InvalidWeightsError
+from anyband.pretrained import WEIGHTS_SUFFIXES, check_resnet50_weights
+from anyband.store import WeightsFile, new_id
+from service.deps import SessionDep, SettingsDep, require_api_key
+from service.problems import PROBLEM_RESPONSES, Problem
+from service.schemas import WeightsListPublic, WeightsPublic
+from service.uploads import receive_multipart
+
+router = APIRouter(
+    prefix="/v1/weights",
+    tags=["weights"],
+    dependencies=[Depends(require_api_key)],
+    responses=PROBLEM_RESPONSES,
+)
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "3-band ResNet50 weights: .weights.h5 or Keras notop .h5",
+                        },
+                        "name": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def weights_path(data_dir: Path, weights_id: str, filename: str) -> Path:
+    """Stored as weights/{id}/weights{suffix}: the suffix tells the loader the format."""
+    suffix = next(s for s in WEIGHTS_SUFFIXES if filename.endswith(s))
+    return data_dir / "weights" / weights_id / f"weights{suffix}"
+
+
+def stored_weights_path(data_dir: Path, record: WeightsFile) -> Path:
+    return weights_path(data_dir, record.id, record.filename)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=WeightsPublic,
+    operation_id="create_weights",
+    openapi_extra=UPLOAD_BODY,
+)
+async def create_weights(request: Request, settings: SettingsDep, session: SessionDep):
+    upload = await receive_multipart(
+        request, settings.data_dir / "uploads", settings.max_weights_bytes
+    )
+    try:
+        uploaded = upload.file("file")
+        if not uploaded.filename.endswith(WEIGHTS_SUFFIXES):
+            raise Problem(
+                422,
+                f"weights file '{uploaded.filename}' must end in .weights.h5 (Keras 3 "
+                "save_weights) or .h5 (Keras' notop layout)",
+            )
+        weights_id = new_id()
+        target = weights_path(settings.data_dir, weights_id, uploaded.filename)
+        target.parent.mkdir(parents=True)
+        shutil.move(uploaded.path, target)
+        try:
+            await run_in_threadpool(check_resnet50_weights, target)
+        except InvalidWeightsError as exc:
+            shutil.rmtree(target.parent, ignore_errors=True)
+            raise Problem(422, str(exc)) from exc
+    finally:
+        upload.remove()
+
+    record = WeightsFile(
+        id=weights_id,
+        name=(upload.fields.get("name") or uploaded.filename)[:200],
+        filename=uploaded.filename[:300],
+        size_bytes=uploaded.size,
+        sha256=uploaded.sha256,
+    )
+    session.add(record)
+    session.commit()
+    return record
+
+
+@router.get("", response_model=WeightsListPublic, operation_id="list_weights")
+def list_weights(session: SessionDep):
+    rows = session.scalars(select(WeightsFile).order_by(WeightsFile.created_at.desc())).all()
+    count = session.scalar(select(func.count()).select_from(WeightsFile))
+    return WeightsListPublic(data=rows, count=count)

@@ -1,0 +1,153 @@
+"""Stream a multipart upload to a file in the data directory, counting bytes as they arrive."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.problems import Problem
+
+MAX_FIELD_BYTES = 64 * 1024
+
+
+@dataclass
+class UploadedFile:
+    field: str
+    filename: str
+    path: Path
+    size: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class MultipartUpload:
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[UploadedFile] = field(default_factory=list)
+
+    def file(self, name: str) -> UploadedFile:
+        for uploaded in self.files:
+            if uploaded.field == name:
+                return uploaded
+        raise Problem(
+            422,
+            f"multipart field '{name}' (a file) is required",
+            errors=[{"field": name, "message": "a file is required"}],
+        )
+
+    def remove(self) -> None:
+        for uploaded in self.files:
+            uploaded.path.unlink(missing_ok=True)
+
+
+async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) -> MultipartUpload:
+    """Parse a multipart/form-data body as it streams in; file parts go to `upload_dir`.
+
+    Never holds a file in memory, never writes outside `upload_dir`, and answers 413 as soon
+    as the body passes `max_bytes` (Content-Length is checked first, then the bytes counted).
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise Problem(
+            415 if content_type != b"multipart/form-data" else 400,
+            "expected a multipart/form-data body with a boundary",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise Problem(413, _too_large(max_bytes))
+
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    result = MultipartUpload()
+    state: dict = {"headers": {}, "header_field": b"", "header_value": b"", "target": None}
+
+    def on_part_begin():
+        state.update(headers={}, header_field=b"", header_value=b"", target=None, hasher=None)
+
+    def on_header_field(data, start, end):
+        state["header_field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["header_value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][state["header_field"].lower()] = state["header_value"]
+        state["header_field"], state["header_value"] = b"", b""
+
+    def on_headers_finished():
+        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        name = disposition.get(b"name", b"").decode("utf-8", "replace")
+        filename = disposition.get(b"filename")
+        if filename is not None:
+            uploaded = UploadedFile(
+                field=name,
+                filename=Path(filename.decode("utf-8", "replace")).name,
+                path=upload_dir / f"{uuid.uuid4().hex}.part",
+            )
+            result.files.append(uploaded)
+            state.update(target=uploaded, handle=uploaded.path.open("wb"), hasher=hashlib.sha256())
+        else:
+            state.update(target=name, value=bytearray())
+
+    def on_part_data(data, start, end):
+        chunk = data[start:end]
+        target = state["target"]
+        if isinstance(target, UploadedFile):
+            state["handle"].write(chunk)
+            state["hasher"].update(chunk)
+            target.size += len(chunk)
+        else:
+            state["value"] += chunk
+            if len(state["value"]) > MAX_FIELD_BYTES:
+                raise Problem(413, f"form field '{target}' is over {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end():
+        target = state["target"]
+        if isinstance(target, UploadedFile):
+            state["handle"].close()
+            target.sha256 = state["hasher"].hexdigest()
+        elif target is not None:
+            result.fields[target] = state["value"].decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise Problem(413, _too_large(max_bytes))
+            parser.write(chunk)
+        parser.finalize()
+    except Problem:
+        _abort(state, result)
+        raise
+    except Exception as exc:  # the multipart parser's own errors: a malformed body
+        _abort(state, result)
+        raise Problem(400, f"malformed multipart body: {exc}") from exc
+    return result
+
+
+def _abort(state: dict, result: MultipartUpload) -> None:
+    handle = state.get("handle")
+    if handle is not None and not handle.closed:
+        handle.close()
+    result.remove()
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"upload is over the {max_bytes} byte limit (ANYBAND_MAX_UPLOAD_BYTES)"
