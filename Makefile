@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run demo test test-fast lint format clean
+.PHONY: run demo openapi test test-fast lint format clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-run: demo
+# The REST API on http://127.0.0.1:8000 (SQLite and files in ./anyband-data; no Docker, no Redis).
+run: $(VENV)/.installed
+	$(BIN)/anyband api --host 127.0.0.1 --port 8000
 
-# Until the service lands: build a 6-band model (rgb strategy, random weights so it runs
-# offline) and describe it.
+openapi: $(VENV)/.installed
+	$(BIN)/python scripts/export_openapi.py
+
+# Build a 6-band model (rgb strategy, random weights so it runs offline) and describe it.
 demo: $(VENV)/.installed
 	$(BIN)/anyband build --bands 6 --classes 10 --strategy rgb --rgb-bands 3 2 1 \
 		--weights none --out demo/landsat6.keras

@@ -17,11 +17,12 @@ from anyband.adapt import (
 )
 from anyband.layers import BandsToBatch, BatchToBands
 from anyband.pretrained import load_resnet50_weights, resnet50_backbone, resolve_weights_path
+from anyband.rasters import MIN_TILE_SIZE  # noqa: F401  re-exported: the backbone's minimum
 
 # Keras' ImageNet ResNet50 saw caffe-preprocessed input: BGR minus the ImageNet mean, unscaled,
 # so each channel has mean 0 and a std of about 57.4 on the 0..255 scale (58.4, 57.1, 57.4).
 PRETRAINED_INPUT_STD = 57.4
-MIN_TILE_SIZE = 32
+
 BACKBONE_NAME = "resnet50"
 NORMALIZATION_NAME = "band_normalization"
 FEATURES_DROPOUT_NAME = "head_dropout"
