@@ -12,6 +12,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from rasterio.io import DatasetReader
@@ -19,6 +20,7 @@ from rasterio.windows import Window
 
 from anyband.errors import DatasetNotFoundError, InvalidDatasetError
 from anyband.rasters import MIN_TILE_SIZE, RasterInfo, format_bytes, open_geotiff, raster_info
+from anyband.settings import Settings
 
 TILES_FILE = "tiles.npy"
 LABELS_FILE = "labels.npy"
@@ -44,16 +46,32 @@ _ZIP_READ_ERRORS = (
 )
 
 
+def _default(setting: str):
+    return Settings.model_fields[setting].default
+
+
 @dataclass(frozen=True)
 class DatasetLimits:
     """What one upload may cost; every byte count is counted on bytes actually read."""
 
-    max_entries: int = 50_000
-    max_total_bytes: int = 8 * 2**30  # all tiles, uncompressed
-    max_entry_bytes: int = 512 * 2**20  # one tile, uncompressed
-    max_compression_ratio: float = 100.0  # per entry: bytes read / compressed size
-    max_tile_bytes: int = 256 * 2**20  # width x height x bands x itemsize, from the header
-    max_cache_bytes: int = 32 * 2**30  # tiles.npy: tiles x height x width x bands x 4
+    # Defaults are the settings' defaults (anyband.settings is the one place for limits).
+    max_entries: int = _default("max_zip_entries")
+    max_total_bytes: int = _default("max_dataset_bytes")  # all tiles, uncompressed
+    max_entry_bytes: int = _default("max_entry_bytes")  # one tile, uncompressed
+    max_compression_ratio: float = _default("max_compression_ratio")  # bytes read / compressed
+    max_tile_bytes: int = _default("max_tile_bytes")  # width x height x bands x itemsize
+    max_cache_bytes: int = _default("max_cache_bytes")  # tiles.npy: N x H x W x bands x 4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatasetLimits:
+        return cls(
+            max_entries=settings.max_zip_entries,
+            max_total_bytes=settings.max_dataset_bytes,
+            max_entry_bytes=settings.max_entry_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+            max_tile_bytes=settings.max_tile_bytes,
+            max_cache_bytes=settings.max_cache_bytes,
+        )
 
 
 @dataclass
@@ -96,28 +114,34 @@ class _Tile:
 
 
 class _RunningStats:
-    """Count, mean and sum of squared deviations of one band, merged chunk by chunk (Chan et al.)."""
+    """Per-band count, mean and sum of squared deviations, merged chunk by chunk (Chan et al.),
+    all bands at once; float64 throughout."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self.m2 = 0.0
+    def __init__(self, bands: int) -> None:
+        self.count = np.zeros(bands, dtype=np.int64)
+        self.mean = np.zeros(bands)
+        self.m2 = np.zeros(bands)
 
-    def add(self, values: np.ndarray) -> None:
-        if values.size == 0:
+    def add(self, values: np.ndarray, valid: np.ndarray) -> None:
+        """`values` and `valid` are (..., bands); only valid values count."""
+        values = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        valid = valid.reshape(values.shape)
+        count = valid.sum(axis=0)
+        if not count.any():
             return
-        values = values.astype(np.float64)
-        count, mean = values.size, float(values.mean())
-        m2 = float(np.square(values - mean).sum())
+        safe = np.maximum(count, 1)
+        mean = np.where(valid, values, 0.0).sum(axis=0) / safe
+        m2 = np.where(valid, np.square(values - mean), 0.0).sum(axis=0)
         total = self.count + count
         delta = mean - self.mean
-        self.mean += delta * count / total
-        self.m2 += m2 + delta * delta * self.count * count / total
+        weight = np.divide(count, total, out=np.zeros(len(count)), where=total > 0)
+        self.m2 += m2 + delta * delta * self.count * weight
+        self.mean += delta * weight
         self.count = total
 
     @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.count)
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / np.maximum(self.count, 1))
 
 
 def ingest_dataset_zip(
@@ -299,46 +323,52 @@ def _ingest(
     inflated = 0
     first: RasterInfo | None = None
     cache = None
-    stats: list[_RunningStats] = []
+    stats: _RunningStats | None = None
     nodata: float | None = None
     nodata_source = ""
     any_invalid = False
-    for index, tile in enumerate(tiles):
-        inflated += _extract(archive, tile.info, scratch, zip_size, limits, inflated)
-        with open_geotiff(scratch, max_bytes=limits.max_tile_bytes, name=tile.entry) as dataset:
-            info = raster_info(dataset)
-            if first is None:
-                first = info
-                _check_first_tile(info, tile, len(tiles), limits)
-                cache = np.lib.format.open_memmap(
-                    staging / TILES_FILE,
-                    mode="w+",
-                    dtype=np.float32,
-                    shape=(len(tiles), info.height, info.width, info.count),
-                )
-                stats = [_RunningStats() for _ in range(info.count)]
-            else:
-                _check_matches_first(info, first, tile)
-            if info.nodata is not None and math.isfinite(info.nodata):
-                if nodata is not None and info.nodata != nodata:
-                    raise InvalidDatasetError(
-                        f"mixed nodata values: {tile.entry!r} declares {info.nodata:g}, "
-                        f"{nodata_source!r} declares {nodata:g}"
+    try:
+        for tile in tiles:
+            inflated += _extract(archive, tile.info, scratch, zip_size, limits, inflated)
+            with open_geotiff(scratch, max_bytes=limits.max_tile_bytes, name=tile.entry) as dataset:
+                info = raster_info(dataset)
+                if first is None:
+                    first = info
+                    _check_first_tile(info, tile, len(tiles), limits)
+                    # Plain sequential writes, not a memmap: written pages of a memmap stay in
+                    # the process's resident memory, which then grows with the dataset.
+                    cache = open(staging / TILES_FILE, "wb")  # noqa: SIM115  closed below
+                    np.lib.format.write_array_header_1_0(
+                        cache,
+                        {
+                            "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                            "fortran_order": False,
+                            "shape": (len(tiles), info.height, info.width, info.count),
+                        },
                     )
-                nodata, nodata_source = info.nodata, tile.entry
-            any_invalid |= _copy_tile(dataset, info, cache[index], stats)
-        scratch.unlink()
+                    stats = _RunningStats(info.count)
+                else:
+                    _check_matches_first(info, first, tile)
+                if info.nodata is not None and math.isfinite(info.nodata):
+                    if nodata is not None and info.nodata != nodata:
+                        raise InvalidDatasetError(
+                            f"mixed nodata values: {tile.entry!r} declares {info.nodata:g}, "
+                            f"{nodata_source!r} declares {nodata:g}"
+                        )
+                    nodata, nodata_source = info.nodata, tile.entry
+                any_invalid |= _copy_tile(dataset, info, cache, stats)
+            scratch.unlink()
+    finally:
+        if cache is not None:
+            cache.close()
 
-    for band, band_stats in enumerate(stats, start=1):
-        if band_stats.count == 0:
+    for band, count in enumerate(stats.count, start=1):
+        if count == 0:
             raise InvalidDatasetError(
                 f"band {band} has no valid pixel in any tile (all nodata, NaN or infinite)"
             )
-    means = np.array([band_stats.mean for band_stats in stats], dtype=np.float32)
     if any_invalid:
-        _fill_invalid(cache, means)
-    cache.flush()
-    del cache
+        _fill_invalid(staging / TILES_FILE, stats.mean.astype(np.float32))
     labels = np.array([classes.index(tile.class_name) for tile in tiles], dtype=np.int32)
     np.save(staging / LABELS_FILE, labels)
     return DatasetSummary(
@@ -348,10 +378,7 @@ def _ingest(
         tile_size=(first.height, first.width),
         classes=classes,
         class_counts={name: int((labels == i).sum()) for i, name in enumerate(classes)},
-        band_stats={
-            "mean": [band_stats.mean for band_stats in stats],
-            "std": [band_stats.std for band_stats in stats],
-        },
+        band_stats={"mean": stats.mean.tolist(), "std": stats.std.tolist()},
         nodata=nodata,
         files=[tile.file for tile in tiles],
     )
@@ -436,9 +463,9 @@ def _check_matches_first(info: RasterInfo, first: RasterInfo, tile: _Tile) -> No
 
 
 def _copy_tile(
-    dataset: DatasetReader, info: RasterInfo, out: np.ndarray, stats: list[_RunningStats]
+    dataset: DatasetReader, info: RasterInfo, out: BinaryIO, stats: _RunningStats
 ) -> bool:
-    """Write one tile into `out` (H, W, bands) as float32 with NaN where a pixel is invalid
+    """Append one tile to `out` (H, W, bands) as float32 with NaN where a pixel is invalid
     (nodata, NaN, or infinite as float32), add its valid pixels to `stats`, say if any was not."""
     nodata = _nodata_as(info.nodata, np.dtype(info.dtype))
     rows = max(1, _CHUNK_PIXELS // (info.width * info.count))
@@ -454,9 +481,8 @@ def _copy_tile(
         if invalid.any():
             any_invalid = True
             values[invalid] = np.nan
-        out[top : top + raw.shape[0]] = values
-        for band, band_stats in enumerate(stats):
-            band_stats.add(values[..., band][~invalid[..., band]])
+        out.write(values.tobytes())
+        stats.add(values, ~invalid)
     return any_invalid
 
 
@@ -473,10 +499,23 @@ def _nodata_as(nodata: float | None, dtype: np.dtype) -> np.generic | None:
         return dtype.type(nodata)
 
 
-def _fill_invalid(cache: np.ndarray, means: np.ndarray) -> None:
-    """Second pass over tiles.npy: every invalid (NaN) pixel becomes its band's mean."""
-    per_tile = max(1, math.prod(cache.shape[1:]))
-    step = max(1, _CHUNK_PIXELS * 4 // per_tile)
-    for start in range(0, cache.shape[0], step):
-        block = cache[start : start + step]
-        np.copyto(block, means, where=np.isnan(block))
+def _fill_invalid(tiles_path: Path, means: np.ndarray) -> None:
+    """Second pass over tiles.npy, in chunks read and written back through the file (not a
+    memmap, for the same reason as above): every invalid (NaN) pixel becomes its band's mean."""
+    with open(tiles_path, "r+b") as cache:
+        np.lib.format.read_magic(cache)
+        np.lib.format.read_array_header_1_0(cache)
+        offset = cache.tell()
+        chunk = (_CHUNK_PIXELS * 4 // len(means)) * len(means) * 4  # whole pixels, in bytes
+        while True:
+            cache.seek(offset)
+            block = np.frombuffer(cache.read(chunk), dtype=np.float32).copy()
+            if block.size == 0:
+                return
+            values = block.reshape(-1, len(means))
+            invalid = np.isnan(values)
+            if invalid.any():
+                np.copyto(values, means, where=invalid)
+                cache.seek(offset)
+                cache.write(values.tobytes())
+            offset += block.nbytes

@@ -266,13 +266,13 @@ def test_running_stats_stay_exact_far_from_zero():
     """Sum-of-squares would lose every digit of this variance; Chan's merge keeps them."""
     rng = np.random.default_rng(0)
     values = 1e9 + rng.normal(size=10_000)
-    stats = _RunningStats()
+    stats = _RunningStats(bands=1)
     for chunk in np.array_split(values, 37):
-        stats.add(chunk)
+        stats.add(chunk[:, None], np.ones((chunk.size, 1), dtype=bool))
 
-    assert stats.count == values.size
-    np.testing.assert_allclose(stats.mean, values.mean(), rtol=1e-15)
-    np.testing.assert_allclose(stats.std, values.std(), rtol=1e-9)
+    assert stats.count[0] == values.size
+    np.testing.assert_allclose(stats.mean[0], values.mean(), rtol=1e-15)
+    np.testing.assert_allclose(stats.std[0], values.std(), rtol=1e-9)
 
 
 @pytest.mark.skipif(not LANDSAT_CHIPS.is_dir(), reason=f"{LANDSAT_CHIPS} is not on this machine")

@@ -68,14 +68,7 @@ async def create_dataset(request: Request, settings: SettingsDep, session: Sessi
         dataset_id = new_id()
         target = dataset_dir(settings.data_dir, dataset_id)
         target.mkdir(parents=True)
-        limits = DatasetLimits(
-            max_entries=settings.max_zip_entries,
-            max_total_bytes=settings.max_dataset_bytes,
-            max_entry_bytes=settings.max_entry_bytes,
-            max_compression_ratio=settings.max_compression_ratio,
-            max_tile_bytes=settings.max_tile_bytes,
-            max_cache_bytes=settings.max_cache_bytes,
-        )
+        limits = DatasetLimits.from_settings(settings)
         try:
             summary = await run_in_threadpool(ingest_dataset_zip, archive.path, target, limits)
         except (InvalidDatasetError, InvalidRasterError) as exc:
