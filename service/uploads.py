@@ -44,6 +44,18 @@ class MultipartUpload:
             uploaded.path.unlink(missing_ok=True)
 
 
+def multipart_body(file_description: str, **fields: dict) -> dict:
+    """OpenAPI `openapi_extra` for a route that streams a multipart body with a `file` part."""
+    properties = {
+        "file": {"type": "string", "format": "binary", "description": file_description},
+        **fields,
+    }
+    schema = {"type": "object", "required": ["file"], "properties": properties}
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
+
+
 async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) -> MultipartUpload:
     """Parse a multipart/form-data body as it streams in; file parts go to `upload_dir`.
 

@@ -15,7 +15,7 @@ from anyband.store import DATASET_READY, Dataset, new_id
 from service.deps import SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import DatasetPublic, DatasetsPublic
-from service.uploads import receive_multipart
+from service.uploads import multipart_body, receive_multipart
 
 router = APIRouter(
     prefix="/v1/datasets",
@@ -24,27 +24,10 @@ router = APIRouter(
     responses=PROBLEM_RESPONSES,
 )
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "zip of <class>/<tile>.tif (one optional top folder)",
-                        },
-                        "name": {"type": "string", "description": "defaults to the zip's name"},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = multipart_body(
+    "zip of <class>/<tile>.tif (one optional top folder)",
+    name={"type": "string", "description": "defaults to the zip's name"},
+)
 
 
 def dataset_dir(data_dir: Path, dataset_id: str) -> Path:

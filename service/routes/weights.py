@@ -15,7 +15,7 @@ from anyband.store import WeightsFile, new_id
 from service.deps import SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import WeightsListPublic, WeightsPublic
-from service.uploads import receive_multipart
+from service.uploads import multipart_body, receive_multipart
 
 router = APIRouter(
     prefix="/v1/weights",
@@ -24,27 +24,10 @@ router = APIRouter(
     responses=PROBLEM_RESPONSES,
 )
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "3-band ResNet50 weights: .weights.h5 or Keras notop .h5",
-                        },
-                        "name": {"type": "string"},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = multipart_body(
+    "3-band ResNet50 weights: .weights.h5 or Keras notop .h5",
+    name={"type": "string"},
+)
 
 
 def weights_path(data_dir: Path, weights_id: str, filename: str) -> Path:
