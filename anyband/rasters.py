@@ -60,7 +60,12 @@ class RasterInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.width * self.height * self.count * np.dtype(self.dtype).itemsize
+        return declared_bytes(self.width, self.height, self.count, self.dtype)
+
+
+def declared_bytes(width: int, height: int, count: int, dtype: str) -> int:
+    """What reading a raster whole would take: width x height x bands x itemsize."""
+    return width * height * count * np.dtype(dtype).itemsize
 
 
 def format_bytes(size: float) -> str:
@@ -160,7 +165,7 @@ def _check_header(dataset: DatasetReader, name: str, max_bytes: int) -> None:
         raise InvalidRasterError(
             f"{name!r} has pixel type {dtype}; expected one of {', '.join(SUPPORTED_DTYPES)}"
         )
-    size = dataset.width * dataset.height * dataset.count * np.dtype(dtype).itemsize
+    size = declared_bytes(dataset.width, dataset.height, dataset.count, dtype)
     if size > max_bytes:
         raise InvalidRasterError(
             f"{name!r} declares {dataset.width} x {dataset.height} x {dataset.count} {dtype} "
