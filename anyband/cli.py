@@ -1,4 +1,4 @@
-"""The `anyband` command: build and inspect models (the service adds api, worker and serve)."""
+"""The `anyband` command: build and inspect models, run the API, a worker, or both (serve)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--log-level", default="info")
     api.set_defaults(run=_api)
+
+    worker = commands.add_parser(
+        "worker", help="run a training worker (Celery; extra arguments go to celery worker)"
+    )
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER)
+    worker.set_defaults(run=_worker)
+
+    serve = commands.add_parser(
+        "serve", help="run the API and one worker together (the one-machine default)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -101,19 +115,57 @@ def _inspect(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    host = _safe_host(args.host, "api")
+    # By import string: the launcher starts the service without the library importing it.
+    uvicorn.run("service.main:app", host=host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _worker_command(celery_args: list[str]) -> list[str]:
+    # A module run, not an import: the library never imports the worker package.
+    return [sys.executable, "-m", "worker", *celery_args]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    command = _worker_command(args.celery_args)
+    os.execv(command[0], command)  # the worker becomes this process: signals reach it directly
+    return 0  # not reached
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The API in this process and one worker as a child; stopping one stops both."""
+    import signal
+    import subprocess
+
+    import uvicorn
+
+    host = _safe_host(args.host, "serve")
+    worker = subprocess.Popen(_worker_command([]))
+    try:
+        uvicorn.run("service.main:app", host=host, port=args.port, log_level=args.log_level)
+    finally:
+        if worker.poll() is None:
+            # Cold shutdown: a warm one would wait for a training that may take hours. The job's
+            # lease lapses and it resumes from its last checkpoint when a worker runs again.
+            worker.send_signal(signal.SIGQUIT)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _safe_host(host: str, command: str) -> str:
     from anyband.settings import get_settings
 
-    host = args.host
     if not get_settings().api_key_list and host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"anyband api: ANYBAND_API_KEYS is empty, so authentication is off: binding to "
+            f"anyband {command}: ANYBAND_API_KEYS is empty, so authentication is off: binding to "
             f"127.0.0.1 instead of {host}. Set ANYBAND_API_KEYS to serve other machines.",
             file=sys.stderr,
         )
         host = "127.0.0.1"
-    # By import string: the launcher starts the service without the library importing it.
-    uvicorn.run("service.main:app", host=host, port=args.port, log_level=args.log_level)
-    return 0
+    return host
 
 
 if __name__ == "__main__":

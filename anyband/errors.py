@@ -23,3 +23,15 @@ class InvalidRasterError(AnybandError, ValueError):
 
 class DatasetNotFoundError(AnybandError, FileNotFoundError):
     """A folder holds no ingested dataset (no dataset.json, tiles.npy or labels.npy)."""
+
+
+class InvalidJobSpecError(AnybandError, ValueError):
+    """A job spec that does not fit its dataset or weights; `errors` names each field."""
+
+    def __init__(self, errors: list[dict]):
+        self.errors = errors  # [{"field": "bands", "message": "..."}]
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+
+
+class JobCancelled(AnybandError):
+    """The job was cancelled (or its lease taken over) while it trained; nothing is published."""

@@ -123,7 +123,11 @@ def band_normalization(
             )
         variance = (std / PRETRAINED_INPUT_STD) ** 2
     return keras.layers.Normalization(
-        axis=-1, mean=mean.tolist(), variance=variance.tolist(), name=NORMALIZATION_NAME
+        axis=-1,
+        mean=mean.tolist(),
+        variance=variance.tolist(),
+        name=NORMALIZATION_NAME,
+        dtype="float32",  # raw band values (up to 65535) lose their precision in float16
     )
 
 

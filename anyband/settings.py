@@ -33,6 +33,20 @@ class Settings(BaseSettings):
     max_tile_bytes: int = Field(default=256 * MB, gt=0)  # width*height*bands*itemsize
     max_cache_bytes: int = Field(default=32 * GB, gt=0)  # the float32 training cache on disk
 
+    # Celery broker. Empty: Celery's filesystem transport in {data_dir}/broker (one machine, no
+    # Redis). For many workers: redis://host:6379/0
+    broker_url: str = ""
+    # Redis hands an unacked message back after this long; it must exceed the longest job.
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, gt=0)
+    # A worker renews its lease on a running job every lease_seconds / 4; a job whose lease ran
+    # out (its worker died) is re-enqueued by the reconciler and resumes from its checkpoint.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    # How often each worker reconciles the job table with the broker.
+    reconcile_seconds: float = Field(default=30.0, gt=0)
+    # A queued job not claimed this long after it was enqueued is enqueued again (a duplicate
+    # message is harmless: the job row decides, and a done or leased job is skipped).
+    requeue_after_seconds: float = Field(default=600.0, gt=0)
+
     # Pretrained weights: an explicit path wins over Keras' cache folders.
     imagenet_weights: Path | None = None
     # Off by default: a GPU box behind a firewall should fail fast with instructions, not hang.
@@ -41,6 +55,14 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir.resolve() / "broker"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -24,6 +24,15 @@ DATASET_READY = "ready"
 DATASET_FAILED = "failed"
 DATASET_STATUSES = (DATASET_READY, DATASET_FAILED)
 
+JOB_QUEUED = "queued"
+JOB_RUNNING = "running"
+JOB_SUCCEEDED = "succeeded"
+JOB_FAILED = "failed"
+JOB_CANCELLED = "cancelled"
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+JOB_ACTIVE = (JOB_QUEUED, JOB_RUNNING)
+JOB_TERMINAL = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -84,6 +93,71 @@ class WeightsFile(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    spec: Mapped[dict] = mapped_column(JSON)  # the full, defaults-filled job spec
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED, index=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # epochs completed
+    epochs: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the latest epoch's
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The lease: which worker trains it and until when; renewed while it trains.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # times a worker took it up
+    resumed_from_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(String(32), unique=True)  # one model per job, ever
+    dataset_id: Mapped[str] = mapped_column(String(32), index=True)
+    classes: Mapped[list] = mapped_column(JSON)
+    bands: Mapped[list] = mapped_column(JSON)  # 1-based dataset bands, in model order
+    dataset_bands: Mapped[int] = mapped_column(Integer)  # what a tile must carry
+    channels: Mapped[int] = mapped_column(Integer)
+    init_strategy: Mapped[str] = mapped_column(String(16))
+    weights: Mapped[str] = mapped_column(String(64))
+    tile_height: Mapped[int] = mapped_column(Integer)
+    tile_width: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))
+    nodata: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON)  # accuracy, macro_f1, val samples
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def tile_size(self) -> list[int]:
+        return [self.tile_height, self.tile_width]
+
+
+class Worker(Base):
+    """A worker's heartbeat: /healthz counts the live ones whatever the broker."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # hostname:pid:random
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    devices: Mapped[list] = mapped_column(JSON)
+    current_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

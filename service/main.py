@@ -9,8 +9,9 @@ from fastapi import FastAPI
 
 from anyband.settings import Settings, get_settings
 from anyband.store import init_db
+from service.broker import make_client
 from service.problems import install_problem_handlers
-from service.routes import datasets, health, weights
+from service.routes import datasets, health, jobs, models, weights
 
 log = logging.getLogger("anyband.service")
 
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.sessions = init_db(settings.sqlalchemy_url)
+        app.state.celery = make_client(settings)
         if not settings.api_key_list:
             log.warning("ANYBAND_API_KEYS is empty: authentication is OFF (bind to 127.0.0.1 only)")
         yield
@@ -38,6 +40,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(weights.router)
+    app.include_router(jobs.router)
+    app.include_router(models.router)
     return app
 
 

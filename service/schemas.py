@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from anyband.artifacts import ARTIFACT_NAMES
+from anyband.jobspec import JobSpec
+from anyband.store import Job
 
 
 class BandStats(BaseModel):
@@ -54,3 +58,69 @@ class Health(BaseModel):
     status: str
     database: str
     broker: str
+    workers: int = Field(description="workers that reported in the last minute")
+
+
+class JobProgress(BaseModel):
+    epoch: int = Field(description="epochs completed")
+    epochs: int
+    metrics: dict[str, float | str] | None = Field(description="the latest epoch's metrics")
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    dataset_id: str
+    status: str
+    spec: JobSpec
+    progress: JobProgress
+    error: str | None
+    model_id: str | None
+    attempts: int = Field(description="times a worker took the job up (more after a worker died)")
+    resumed_from_epoch: int | None = Field(description="the checkpoint a resumed job started from")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _progress_from_row(cls, data):
+        if isinstance(data, Job):
+            return {
+                **{name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)},
+                "progress": {"epoch": data.epoch, "epochs": data.epochs, "metrics": data.metrics},
+            }
+        return data
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str
+    dataset_id: str
+    classes: list[str]
+    bands: list[int] = Field(description="1-based dataset bands the model reads, in order")
+    dataset_bands: int = Field(description="bands a tile must carry")
+    channels: int
+    init_strategy: str
+    weights: str
+    tile_size: list[int]
+    dtype: str
+    nodata: float | None
+    metrics: dict
+    sha256: str
+    size_bytes: int
+    artifacts: list[str] = list(ARTIFACT_NAMES)
+    created_at: datetime
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int

@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 
 from anyband.datasets import DatasetLimits, ingest_dataset_zip
 from anyband.errors import InvalidDatasetError, InvalidRasterError
-from anyband.store import DATASET_READY, Dataset, new_id
+from anyband.paths import dataset_dir
+from anyband.store import DATASET_READY, JOB_ACTIVE, Dataset, Job, new_id
 from service.deps import SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import DatasetPublic, DatasetsPublic
@@ -28,10 +29,6 @@ UPLOAD_BODY = multipart_body(
     "zip of <class>/<tile>.tif (one optional top folder)",
     name={"type": "string", "description": "defaults to the zip's name"},
 )
-
-
-def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
-    return data_dir / "datasets" / dataset_id
 
 
 @router.post(
@@ -99,7 +96,15 @@ def get_dataset(dataset_id: str, session: SessionDep):
 @router.delete("/{dataset_id}", status_code=204, operation_id="delete_dataset")
 def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep):
     dataset = _get_or_404(session, dataset_id)
-    # Jobs do not exist yet; once they do, a dataset in use answers 409 here.
+    active = session.scalars(
+        select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(JOB_ACTIVE))
+    ).all()
+    if active:
+        raise Problem(
+            409,
+            f"dataset '{dataset_id}' is in use by {len(active)} queued or running job(s) "
+            f"({', '.join(active)}); cancel them or wait for them to finish",
+        )
     session.delete(dataset)
     session.commit()
     shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from anyband.errors import InvalidWeightsError
+from anyband.paths import weights_path
 from anyband.pretrained import WEIGHTS_SUFFIXES, check_resnet50_weights
 from anyband.store import WeightsFile, new_id
 from service.deps import SessionDep, SettingsDep, require_api_key
@@ -28,16 +28,6 @@ UPLOAD_BODY = multipart_body(
     "3-band ResNet50 weights: .weights.h5 or Keras notop .h5",
     name={"type": "string"},
 )
-
-
-def weights_path(data_dir: Path, weights_id: str, filename: str) -> Path:
-    """Stored as weights/{id}/weights{suffix}: the suffix tells the loader the format."""
-    suffix = next(s for s in WEIGHTS_SUFFIXES if filename.endswith(s))
-    return data_dir / "weights" / weights_id / f"weights{suffix}"
-
-
-def stored_weights_path(data_dir: Path, record: WeightsFile) -> Path:
-    return weights_path(data_dir, record.id, record.filename)
 
 
 @router.post(

@@ -1,0 +1,253 @@
+"""Job rows as the record of truth: creation, the worker lease, progress, terminal states, reconciling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from anyband.jobspec import JobSpec, spec_sha256
+from anyband.store import (
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUCCEEDED,
+    JOB_TERMINAL,
+    Job,
+    Model,
+    Worker,
+    new_id,
+    utcnow,
+)
+
+log = logging.getLogger("anyband.jobs")
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different spec."""
+
+    def __init__(self, key: str, job_id: str):
+        self.job_id = job_id
+        super().__init__(
+            f"Idempotency-Key '{key}' was used for job '{job_id}' with a different spec; "
+            "send a new key for a new job"
+        )
+
+
+def create_job(session: Session, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """A new queued job, or the earlier job with this Idempotency-Key (created is False)."""
+    digest = spec_sha256(spec)
+    if idempotency_key is not None:
+        earlier = _by_idempotency_key(session, idempotency_key, digest)
+        if earlier is not None:
+            return earlier, False
+    job = Job(
+        id=new_id(),
+        dataset_id=spec.dataset_id,
+        spec=spec.model_dump(mode="json"),
+        spec_sha256=digest,
+        idempotency_key=idempotency_key,
+        status=JOB_QUEUED,
+        epochs=spec.epochs,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        session.rollback()
+        earlier = _by_idempotency_key(session, idempotency_key, digest)
+        if earlier is None:
+            raise
+        return earlier, False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
+    earlier = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if earlier is not None and earlier.spec_sha256 != digest:
+        raise IdempotencyConflict(key, earlier.id)
+    return earlier
+
+
+def mark_enqueued(sessions: sessionmaker, job_id: str) -> None:
+    with sessions.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JOB_QUEUED)
+            .values(enqueued_at=utcnow())
+        )
+
+
+def claim(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float) -> Job | None:
+    """Take the lease on a job: it must be queued, or running with a lease that ran out.
+
+    One conditional UPDATE, so of two workers given the same job at once exactly one wins.
+    """
+    now = utcnow()
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == JOB_QUEUED,
+                    (Job.status == JOB_RUNNING)
+                    & (or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
+                ),
+            )
+            .values(
+                status=JOB_RUNNING,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+                started_at=now,
+                error=None,
+            )
+        )
+        if result.rowcount != 1:
+            return None
+        return session.get(Job, job_id)
+
+
+def renew(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float, **values) -> bool:
+    """Extend the lease (and write `values`); False once the job is no longer this worker's."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
+        )
+        return result.rowcount == 1
+
+
+def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> bool:
+    """Publish the model and mark the job succeeded in one transaction, if it is still ours."""
+    with sessions() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
+            .values(
+                status=JOB_SUCCEEDED,
+                model_id=model.id,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:
+            session.rollback()
+            return False
+        session.add(model)
+        session.commit()
+        return True
+
+
+def fail(sessions: sessionmaker, job_id: str, owner: str, error: str) -> bool:
+    with sessions.begin() as session:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
+            .values(
+                status=JOB_FAILED,
+                error=error,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return result.rowcount == 1
+
+
+def cancel(session: Session, job_id: str) -> bool:
+    """Cancel a queued or running job; False when it already reached a terminal state."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(JOB_ACTIVE))
+        .values(status=JOB_CANCELLED, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def reconcile(
+    sessions: sessionmaker,
+    enqueue: Callable[[str], None],
+    *,
+    requeue_after_seconds: float,
+    now: datetime | None = None,
+) -> list[str]:
+    """Re-enqueue what the broker may have lost; the job row decides what runs.
+
+    - running jobs whose lease ran out (the worker died): back to queued, enqueued again; the
+      next worker resumes them from their last checkpoint;
+    - queued jobs never enqueued (the broker was down) or enqueued longer ago than
+      `requeue_after_seconds` without a worker taking them (the filesystem transport drops a
+      message whose consumer is killed). A duplicate message is harmless: `claim` refuses it.
+    """
+    now = now or utcnow()
+    with sessions.begin() as session:
+        expired = session.scalars(
+            select(Job.id).where(Job.status == JOB_RUNNING, Job.lease_expires_at < now)
+        ).all()
+        orphaned = []
+        for job_id in expired:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JOB_RUNNING, Job.lease_expires_at < now)
+                .values(status=JOB_QUEUED, lease_owner=None, lease_expires_at=None)
+            )
+            if result.rowcount == 1:
+                orphaned.append(job_id)
+        stale = session.scalars(
+            select(Job.id).where(
+                Job.status == JOB_QUEUED,
+                or_(
+                    Job.enqueued_at.is_(None),
+                    Job.enqueued_at < now - timedelta(seconds=requeue_after_seconds),
+                ),
+            )
+        ).all()
+    requeued = list(dict.fromkeys([*orphaned, *stale]))
+    for job_id in requeued:
+        log.warning(
+            "job %s: %s; enqueuing it again",
+            job_id,
+            "its worker's lease ran out" if job_id in orphaned else "no worker took it up",
+        )
+        enqueue(job_id)
+        mark_enqueued(sessions, job_id)
+    return requeued
+
+
+def is_terminal(status: str) -> bool:
+    return status in JOB_TERMINAL
+
+
+def beat_worker(
+    sessions: sessionmaker,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    devices: list[str],
+    current_job_id: str | None,
+) -> None:
+    """Insert or refresh this worker's heartbeat row (counted by /healthz)."""
+    with sessions.begin() as session:
+        row = session.get(Worker, worker_id)
+        if row is None:
+            row = Worker(id=worker_id, hostname=hostname, pid=pid, devices=devices)
+            session.add(row)
+        row.last_seen = utcnow()
+        row.current_job_id = current_job_id
+
+
+def live_workers(session: Session, within_seconds: float) -> list[Worker]:
+    since = utcnow() - timedelta(seconds=within_seconds)
+    return list(session.scalars(select(Worker).where(Worker.last_seen >= since)).all())

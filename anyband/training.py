@@ -1,0 +1,379 @@
+"""Fine-tuning: data pipeline from the training cache, two phases, checkpoints, resume, devices."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from anyband.datasets import load_training_cache
+from anyband.errors import JobCancelled
+from anyband.jobspec import JobSpec
+from anyband.model import backbone_of, build_classifier
+
+log = logging.getLogger("anyband.training")
+
+PHASE_FROZEN = "frozen"  # conv1 and the head train; the rest of the backbone is frozen
+PHASE_FINE_TUNE = "fine_tune"  # every layer trains except BatchNorm (kept in inference mode)
+CHECKPOINT_FILE = "checkpoint.json"
+STOP_CHECK_EVERY_BATCHES = 1  # reading a threading.Event is free; check after every batch
+
+
+@dataclass
+class TrainingResult:
+    model: keras.Model
+    history: list[dict]  # one dict per epoch: epoch (1-based), phase, loss, accuracy, val_*
+    val_true: np.ndarray
+    val_pred: np.ndarray
+    classes: list[str]
+    summary: dict  # the dataset's summary (dataset.json)
+    started_from_epoch: int  # 0, or the checkpointed epoch a resumed job continued after
+    replicas: int = 1
+    precision_policy: str = "float32"
+
+
+@dataclass
+class Checkpoint:
+    epoch: int  # epochs completed
+    phase: str
+    history: list[dict] = field(default_factory=list)
+    weights: Path | None = None
+    optimizer: Path | None = None
+
+
+# ---------------------------------------------------------------- data
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices, each class split at `val_fraction` (at least one of each)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def make_dataset(
+    tiles: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    band_index: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+) -> tf.data.Dataset:
+    """Batches read from the (memory-mapped) cache by index: the cache never has to fit in RAM."""
+    band_index = np.asarray(band_index, dtype=np.intp)
+    height, width = tiles.shape[1:3]
+    channels = len(band_index)
+
+    def gather(batch_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(batch_indices)  # ascending reads from the memmap
+        return np.ascontiguousarray(tiles[rows][..., band_index], np.float32), labels[rows]
+
+    def read(batch_indices):
+        x, y = tf.numpy_function(gather, [batch_indices], (tf.float32, tf.int32))
+        x.set_shape((None, height, width, channels))
+        y.set_shape((None,))
+        return x, y
+
+    ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
+    if shuffle:
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        square = height == width
+        ds = ds.map(lambda x, y: (augment_batch(x, square=square), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augment_batch(x: tf.Tensor, *, square: bool) -> tf.Tensor:
+    """Per tile, a random element of the dihedral group: flips, and 90° rotations when square."""
+    x = tf.image.random_flip_left_right(x)
+    x = tf.image.random_flip_up_down(x)
+    if square:  # transpose + the two flips give all eight rotations and reflections
+        swap = tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) < 0.5
+        x = tf.where(swap, tf.transpose(x, [0, 2, 1, 3]), x)
+    return x
+
+
+# ---------------------------------------------------------------- devices
+
+
+def distribution_strategy(devices: Sequence[str] | None = None) -> tf.distribute.Strategy:
+    """One MirroredStrategy across the GPUs this process sees (or `devices`), else the default."""
+    if devices is None:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if len(devices) > 1:
+        return tf.distribute.MirroredStrategy(devices=list(devices))
+    return tf.distribute.get_strategy()
+
+
+def precision_policy(devices: Sequence[str] | None = None) -> str:
+    """mixed_float16 on GPUs (tensor cores), float32 on CPUs where float16 is slower."""
+    if devices is None:
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    return "mixed_float16" if any("GPU" in d.upper() for d in devices) else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+# ---------------------------------------------------------------- phases
+
+
+def set_phase(model: keras.Model, phase: str, *, freeze_batch_norm: bool = True) -> None:
+    """Which layers train. With pretrained weights BatchNorm never does: frozen, it runs in
+    inference mode and keeps ImageNet's statistics (Keras' transfer-learning guide)."""
+    backbone = backbone_of(model)
+    backbone.trainable = True
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and freeze_batch_norm:
+            layer.trainable = False
+        elif phase == PHASE_FROZEN:
+            layer.trainable = layer.name == "conv1_conv"
+        else:
+            layer.trainable = True
+
+
+def phases(spec: JobSpec) -> list[tuple[str, int, int, float]]:
+    """(phase, first epoch, end epoch, learning rate); epochs 0-based, end exclusive."""
+    plan = []
+    if spec.freeze_epochs:
+        plan.append((PHASE_FROZEN, 0, spec.freeze_epochs, spec.learning_rate))
+    if spec.epochs > spec.freeze_epochs:
+        plan.append(
+            (PHASE_FINE_TUNE, spec.freeze_epochs, spec.epochs, spec.fine_tune_learning_rate)
+        )
+    return plan
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(job_dir: Path) -> Checkpoint | None:
+    path = Path(job_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    folder = Path(job_dir) / state["folder"]
+    return Checkpoint(
+        epoch=state["epoch"],
+        phase=state["phase"],
+        history=state["history"],
+        weights=folder / "model.weights.h5",
+        optimizer=folder / "optimizer.npz",
+    )
+
+
+def write_checkpoint(
+    job_dir: Path, model: keras.Model, epoch: int, phase: str, history: list[dict]
+) -> None:
+    """Weights, optimizer state and history after `epoch`; checkpoint.json flips atomically."""
+    job_dir = Path(job_dir)
+    folder = job_dir / f"epoch-{epoch:04d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    model.save_weights(folder / "model.weights.h5")
+    store: dict[str, np.ndarray] = {}
+    model.optimizer.save_own_variables(store)
+    np.savez(folder / "optimizer.npz", **store)
+    state = {"epoch": epoch, "phase": phase, "history": history, "folder": folder.name}
+    tmp = job_dir / f".{CHECKPOINT_FILE}.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, job_dir / CHECKPOINT_FILE)
+    for old in job_dir.glob("epoch-*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class _JobCallback(keras.callbacks.Callback):
+    """Per batch: stop when asked. Per epoch: history, checkpoint, then progress."""
+
+    def __init__(self, run: _Run, phase: str, learning_rate: float):
+        super().__init__()
+        self.run, self.phase, self.learning_rate = run, phase, learning_rate
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch % STOP_CHECK_EVERY_BATCHES == 0 and self.run.should_stop():
+            self.model.stop_training = True
+            self.run.stopped = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.run.stopped:
+            return  # a partial epoch is not a checkpoint
+        row = {"epoch": epoch + 1, "phase": self.phase, "learning_rate": self.learning_rate}
+        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        self.run.history.append(row)
+        if self.run.job_dir is not None:
+            write_checkpoint(self.run.job_dir, self.model, epoch + 1, self.phase, self.run.history)
+        self.run.on_epoch(epoch + 1, row)
+
+
+@dataclass
+class _Run:
+    job_dir: Path | None
+    should_stop: Callable[[], bool]
+    on_epoch: Callable[[int, dict], None]
+    history: list[dict] = field(default_factory=list)
+    stopped: bool = False
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(
+    spec: JobSpec,
+    dataset_dir: str | os.PathLike,
+    *,
+    weights: str | os.PathLike = "imagenet",
+    job_dir: str | os.PathLike | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    devices: Sequence[str] | None = None,
+    verbose: int = 0,
+) -> TrainingResult:
+    """Fine-tune an adapted ResNet50 on an ingested dataset as `spec` says.
+
+    With `job_dir`, a checkpoint is written after every epoch and an existing one is resumed
+    from. `should_stop` is polled after every batch; when it returns True, JobCancelled is
+    raised after the batch. `weights` is a path, `imagenet` or `none` (spec.weights may be an
+    id the caller resolved to this path). `devices`: the devices to mirror across; default all
+    GPUs this process sees, if any.
+    """
+    tiles, labels, summary = load_training_cache(dataset_dir)
+    bands = spec.bands or list(range(1, tiles.shape[-1] + 1))
+    band_index = [b - 1 for b in bands]
+    mean = np.asarray(summary["band_stats"]["mean"], dtype="float64")[band_index]
+    std = np.asarray(summary["band_stats"]["std"], dtype="float64")[band_index]
+    std = np.where(std > 0, std, 1.0)  # a constant band: centre it, leave the scale alone
+    train_index, val_index = stratified_split(labels, spec.val_fraction, spec.seed)
+
+    job_dir = Path(job_dir) if job_dir is not None else None
+    if job_dir is not None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = read_checkpoint(job_dir) if job_dir is not None else None
+    start = checkpoint.epoch if checkpoint else 0
+    run = _Run(
+        job_dir=job_dir,
+        should_stop=should_stop or (lambda: False),
+        on_epoch=on_epoch or (lambda epoch, row: None),
+        history=list(checkpoint.history) if checkpoint else [],
+    )
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(spec.seed + start)  # a resumed run does not replay epoch 1's draws
+    strategy = distribution_strategy(devices)
+    policy = precision_policy(devices)
+    train_ds = make_dataset(
+        tiles, labels, train_index, band_index, spec.batch_size,
+        shuffle=True, augment=spec.augment, seed=spec.seed + start,
+    )  # fmt: skip
+    val_ds = make_dataset(
+        tiles, labels, val_index, band_index, spec.batch_size,
+        shuffle=False, augment=False, seed=spec.seed,
+    )  # fmt: skip
+
+    with dtype_policy(policy), strategy.scope():
+        model = build_classifier(
+            len(bands),
+            len(summary["classes"]),
+            strategy=spec.init_strategy,
+            weights=weights,
+            rgb_bands=tuple(spec.rgb_bands),
+            initializer=spec.initializer,
+            band_mean=mean.tolist(),
+            band_std=std.tolist(),
+            seed=spec.seed,
+        )
+        if checkpoint is not None:
+            model.load_weights(checkpoint.weights)
+            log.info("resuming after epoch %d of %d", start, spec.epochs)
+        for phase, first, end, learning_rate in phases(spec):
+            if end <= start:
+                continue
+            set_phase(model, phase, freeze_batch_norm=str(weights) != "none")
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            if checkpoint is not None and checkpoint.phase == phase and start > first:
+                _restore_optimizer(model, checkpoint.optimizer)
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=max(first, start),
+                epochs=end,
+                callbacks=[_JobCallback(run, phase, learning_rate)],
+                shuffle=False,  # the dataset shuffles itself
+                verbose=verbose,
+            )
+            if run.stopped:
+                raise JobCancelled("training stopped on request")
+        probabilities = model.predict(val_ds, verbose=0)
+    return TrainingResult(
+        model=_serving_copy(model, spec, len(summary["classes"]), mean, std),
+        history=run.history,
+        val_true=labels[val_index],
+        val_pred=np.argmax(probabilities, axis=-1),
+        classes=list(summary["classes"]),
+        summary=summary,
+        started_from_epoch=start,
+        replicas=strategy.num_replicas_in_sync,
+        precision_policy=policy,
+    )
+
+
+def _serving_copy(
+    model: keras.Model, spec: JobSpec, classes: int, mean: np.ndarray, std: np.ndarray
+) -> keras.Model:
+    """The trained weights in a float32, uncompiled twin: what is saved and served. It holds no
+    optimizer state (a third of the file) and computes in float32 on any device."""
+    serving = build_classifier(
+        len(mean),
+        classes,
+        strategy=spec.init_strategy,
+        weights="none",
+        rgb_bands=tuple(spec.rgb_bands),
+        band_mean=mean.tolist(),
+        band_std=std.tolist(),
+        seed=spec.seed,
+    )
+    serving.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
+    return serving
+
+
+def _restore_optimizer(model: keras.Model, path: Path) -> None:
+    """Adam's moments from the checkpoint, so a resumed phase continues rather than restarts."""
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    with np.load(path) as saved:
+        store = {key: saved[key] for key in saved.files}
+    if len(store) != len(optimizer.variables):
+        log.warning("optimizer state in %s does not match this model; starting it afresh", path)
+        return
+    optimizer.load_own_variables(store)

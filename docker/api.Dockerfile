@@ -1,0 +1,21 @@
+# The anyband REST API (CPU only). Build from the repository root:
+#   docker build -f docker/api.Dockerfile -t anyband-api .
+FROM python:3.11-slim
+
+ENV TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# rasterio's wheels bundle GDAL but not libexpat, which python:*-slim no longer ships.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libexpat1 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY anyband/ anyband/
+COPY service/ service/
+COPY worker/ worker/
+RUN pip install .
+
+EXPOSE 8000
+CMD ["anyband", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,112 @@
+"""Training jobs: submit (validated against dataset and weights, idempotent), list, show, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from sqlalchemy import func, select
+
+from anyband import jobs
+from anyband.errors import InvalidJobSpecError
+from anyband.jobspec import JobSpec, resolve_spec
+from anyband.store import JOB_STATUSES, Dataset, Job, WeightsFile
+from service.broker import enqueue_training
+from service.deps import SessionDep, require_api_key
+from service.problems import PROBLEM_RESPONSES, Problem
+from service.schemas import JobPublic, JobsPublic
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(require_api_key)],
+    responses=PROBLEM_RESPONSES,
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="resubmitting with the same key returns the first job (409 if the spec differs)",
+    ),
+]
+
+
+@router.post("", status_code=202, response_model=JobPublic, operation_id="create_job")
+def create_job(
+    spec: JobSpec,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    idempotency_key: IdempotencyKey = None,
+):
+    try:
+        spec = resolve_spec(
+            spec,
+            session.get(Dataset, spec.dataset_id),
+            lambda weights_id: session.get(WeightsFile, weights_id) is not None,
+        )
+    except InvalidJobSpecError as exc:
+        fields = ", ".join(e["field"] for e in exc.errors)
+        raise Problem(422, f"the job spec does not fit: check {fields}", errors=exc.errors) from exc
+    try:
+        job, created = jobs.create_job(session, spec, idempotency_key)
+    except jobs.IdempotencyConflict as exc:
+        raise Problem(409, str(exc), job_id=exc.job_id) from exc
+    if created and enqueue_training(request.app.state.celery, job.id):
+        jobs.mark_enqueued(request.app.state.sessions, job.id)
+        session.refresh(job)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("", response_model=JobsPublic, operation_id="list_jobs")
+def list_jobs(
+    session: SessionDep,
+    status: str | None = None,
+    dataset_id: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+):
+    if status is not None and status not in JOB_STATUSES:
+        raise Problem(
+            422, f"status must be one of {', '.join(JOB_STATUSES)}. Received: status={status!r}"
+        )
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if dataset_id is not None:
+        query = query.where(Job.dataset_id == dataset_id)
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc()).offset(offset).limit(min(limit, 1000))
+    ).all()
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    return JobsPublic(data=[JobPublic.model_validate(row) for row in rows], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, operation_id="get_job")
+def get_job(job_id: str, session: SessionDep):
+    return JobPublic.model_validate(get_or_404(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=202, response_model=JobPublic, operation_id="cancel_job"
+)
+def cancel_job(job_id: str, session: SessionDep):
+    job = get_or_404(session, job_id)
+    if not jobs.cancel(session, job_id):
+        session.refresh(job)
+        raise Problem(
+            409,
+            f"job '{job_id}' already {job.status}; only queued or running jobs can be cancelled",
+        )
+    session.refresh(job)
+    return JobPublic.model_validate(job)
+
+
+def get_or_404(session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise Problem(404, f"no job with id '{job_id}'")
+    return job

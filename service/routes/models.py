@@ -1,0 +1,63 @@
+"""Trained models: list, show, and download their artifacts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+from sqlalchemy import func, select
+
+from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
+from anyband.paths import model_dir
+from anyband.store import Model
+from service.deps import SessionDep, SettingsDep, require_api_key
+from service.problems import PROBLEM_RESPONSES, Problem
+from service.schemas import ModelPublic, ModelsPublic
+
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["models"],
+    dependencies=[Depends(require_api_key)],
+    responses=PROBLEM_RESPONSES,
+)
+
+
+@router.get("", response_model=ModelsPublic, operation_id="list_models")
+def list_models(
+    session: SessionDep, dataset_id: str | None = None, offset: int = 0, limit: int = 100
+):
+    query = select(Model)
+    if dataset_id is not None:
+        query = query.where(Model.dataset_id == dataset_id)
+    rows = session.scalars(
+        query.order_by(Model.created_at.desc()).offset(offset).limit(min(limit, 1000))
+    ).all()
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    return ModelsPublic(data=rows, count=count)
+
+
+@router.get("/{model_id}", response_model=ModelPublic, operation_id="get_model")
+def get_model(model_id: str, session: SessionDep):
+    return get_or_404(session, model_id)
+
+
+@router.get(
+    "/{model_id}/artifacts/{name}",
+    operation_id="get_model_artifact",
+    response_class=FileResponse,
+    responses={200: {"content": {t: {} for t in sorted(set(ARTIFACT_MEDIA_TYPES.values()))}}},
+)
+def get_artifact(model_id: str, name: str, session: SessionDep, settings: SettingsDep):
+    get_or_404(session, model_id)
+    if name not in ARTIFACT_NAMES:  # also what keeps `name` from naming any other path
+        raise Problem(404, f"no artifact '{name}'. Expected one of: {', '.join(ARTIFACT_NAMES)}")
+    path = model_dir(settings.data_dir, model_id) / name
+    if not path.is_file():
+        raise Problem(404, f"artifact '{name}' of model '{model_id}' is missing from storage")
+    return FileResponse(path, media_type=ARTIFACT_MEDIA_TYPES[name], filename=f"{model_id}-{name}")
+
+
+def get_or_404(session, model_id: str) -> Model:
+    model = session.get(Model, model_id)
+    if model is None:
+        raise Problem(404, f"no model with id '{model_id}'")
+    return model

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that pass ids to the anyband library."""

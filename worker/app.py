@@ -1,0 +1,87 @@
+"""The Celery app of the workers, configured from anyband's settings; starts the reconciler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+from anyband import jobs
+from anyband.queues import TRAIN_QUEUE, TRAIN_TASK, celery_config, ensure_broker_dirs
+from anyband.settings import get_settings
+from anyband.store import init_db
+
+log = logging.getLogger("anyband.worker")
+
+settings = get_settings()
+ensure_broker_dirs(settings)
+app = Celery("anyband")
+app.conf.update(celery_config(settings))
+app.conf.include = ["worker.tasks"]
+
+# Unique per process: a restarted worker on the same host is a different lease owner.
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+current_job: dict[str, str | None] = {"id": None}
+
+
+def enqueue_training(job_id: str) -> None:
+    app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+
+
+class Housekeeper(threading.Thread):
+    """Beats this worker's heartbeat row and reconciles jobs, at start and every period."""
+
+    def __init__(self, period: float):
+        super().__init__(name="anyband-housekeeper", daemon=True)
+        self.period = period
+        self.stopped = threading.Event()
+        self.sessions = init_db(settings.sqlalchemy_url)
+
+    def run(self) -> None:
+        while True:
+            try:
+                jobs.beat_worker(
+                    self.sessions,
+                    WORKER_ID,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    devices=_visible_devices(),
+                    current_job_id=current_job["id"],
+                )
+                jobs.reconcile(
+                    self.sessions,
+                    enqueue_training,
+                    requeue_after_seconds=settings.requeue_after_seconds,
+                )
+            except Exception:
+                log.exception("housekeeping failed; trying again in %.0f s", self.period)
+            if self.stopped.wait(self.period):
+                return
+
+
+def _visible_devices() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [f"GPU:{d}" for d in visible.split(",") if d] if visible else []
+
+
+_housekeeper: Housekeeper | None = None
+
+
+@worker_ready.connect
+def _start_housekeeping(**_kwargs) -> None:
+    global _housekeeper
+    period = min(settings.reconcile_seconds, settings.lease_seconds / 2)
+    _housekeeper = Housekeeper(period)
+    _housekeeper.start()
+    log.info("worker %s ready (broker %s)", WORKER_ID, settings.celery_broker_url)
+
+
+@worker_shutdown.connect
+def _stop_housekeeping(**_kwargs) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stopped.set()

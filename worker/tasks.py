@@ -1,0 +1,17 @@
+"""Tasks: thin, idempotent, by id. The job row, not the message, says whether to run."""
+
+from __future__ import annotations
+
+from anyband.queues import TRAIN_TASK
+from worker.app import WORKER_ID, app, current_job, settings
+
+
+@app.task(name=TRAIN_TASK, acks_late=True, ignore_result=True)
+def train(job_id: str) -> str:
+    from anyband.runner import run_training_job
+
+    current_job["id"] = job_id
+    try:
+        return run_training_job(job_id, settings, WORKER_ID)
+    finally:
+        current_job["id"] = None
