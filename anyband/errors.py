@@ -35,3 +35,14 @@ class InvalidJobSpecError(AnybandError, ValueError):
 
 class JobCancelled(AnybandError):
     """The job was cancelled (or its lease taken over) while it trained; nothing is published."""
+
+
+class IdempotencyConflict(AnybandError):
+    """The Idempotency-Key was used before with a different spec."""
+
+    def __init__(self, key: str, job_id: str):
+        self.job_id = job_id
+        super().__init__(
+            f"Idempotency-Key '{key}' was used for job '{job_id}' with a different spec; "
+            "send a new key for a new job"
+        )

@@ -10,6 +10,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from anyband.errors import IdempotencyConflict
 from anyband.jobspec import JobSpec, spec_sha256
 from anyband.store import (
     JOB_ACTIVE,
@@ -28,16 +29,8 @@ from anyband.store import (
 
 log = logging.getLogger("anyband.jobs")
 
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before with a different spec."""
-
-    def __init__(self, key: str, job_id: str):
-        self.job_id = job_id
-        super().__init__(
-            f"Idempotency-Key '{key}' was used for job '{job_id}' with a different spec; "
-            "send a new key for a new job"
-        )
+# What a lease holder may write while it trains; status changes go through finish/fail/cancel.
+PROGRESS_FIELDS = frozenset({"epoch", "metrics", "resumed_from_epoch"})
 
 
 def create_job(session: Session, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -116,7 +109,9 @@ def claim(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float)
 
 
 def renew(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float, **values) -> bool:
-    """Extend the lease (and write `values`); False once the job is no longer this worker's."""
+    """Extend the lease (and write progress `values`); False once the job is no longer ours."""
+    if not set(values) <= PROGRESS_FIELDS:
+        raise ValueError(f"renew writes only {sorted(PROGRESS_FIELDS)}. Received: {sorted(values)}")
     with sessions.begin() as session:
         result = session.execute(
             update(Job)

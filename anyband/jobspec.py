@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from anyband.adapt import INIT_STRATEGIES, resolve_initializer
 from anyband.errors import InvalidJobSpecError
@@ -42,14 +42,16 @@ class JobSpec(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     augment: bool = True
 
-    @model_validator(mode="after")
-    def _freeze_within_epochs(self) -> JobSpec:
-        if self.freeze_epochs > self.epochs:
+    @field_validator("freeze_epochs")
+    @classmethod
+    def _freeze_within_epochs(cls, freeze_epochs: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if epochs is not None and freeze_epochs > epochs:
             raise ValueError(
-                f"freeze_epochs must be <= epochs. Received: freeze_epochs={self.freeze_epochs}, "
-                f"epochs={self.epochs}"
+                f"freeze_epochs must be <= epochs. Received: freeze_epochs={freeze_epochs}, "
+                f"epochs={epochs}"
             )
-        return self
+        return freeze_epochs
 
 
 def resolve_spec(
@@ -112,8 +114,7 @@ def resolve_spec(
             f"weights must be 'imagenet', 'none' or an uploaded weights id (GET /v1/weights). "
             f"Received: weights={spec.weights!r}",
         )
-    val_tiles = min(round(spec.val_fraction * n) for n in dataset.class_counts.values())
-    if val_tiles < 1:
+    if min(validation_tiles(n, spec.val_fraction) for n in dataset.class_counts.values()) < 1:
         error(
             "val_fraction",
             f"val_fraction={spec.val_fraction} leaves no validation tile for the smallest class "
@@ -122,6 +123,11 @@ def resolve_spec(
     if errors:
         raise InvalidJobSpecError(errors)
     return spec.model_copy(update={"bands": bands, "channels": channels})
+
+
+def validation_tiles(class_tiles: int, val_fraction: float) -> int:
+    """How many of a class's tiles the stratified split holds out (never all of them)."""
+    return min(round(val_fraction * class_tiles), class_tiles - 1)
 
 
 def spec_sha256(spec: JobSpec) -> str:

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from anyband.datasets import load_training_cache
 from anyband.errors import JobCancelled
-from anyband.jobspec import JobSpec
+from anyband.jobspec import JobSpec, validation_tiles
 from anyband.model import backbone_of, build_classifier
 
 log = logging.getLogger("anyband.training")
@@ -56,12 +56,13 @@ class Checkpoint:
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices, each class split at `val_fraction` (at least one of each)."""
+    """Train and validation indices, each class split at `val_fraction`; `resolve_spec` has
+    checked that every class keeps at least one tile on each side."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        n_val = min(max(1, round(val_fraction * len(members))), len(members) - 1)
+        n_val = validation_tiles(len(members), val_fraction)
         val.append(members[:n_val])
         train.append(members[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

@@ -50,11 +50,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+                "message": e["msg"],
+            }
             for e in exc.errors()
         ]
-        fields = ", ".join(e["field"] for e in errors)
-        return problem_response(422, f"the request is invalid: check {fields}", errors)
+        problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem_response(422, f"the request is invalid: {problems}", errors)
 
 
 PROBLEM_RESPONSES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +31,33 @@ def _isolated_environment(monkeypatch, tmp_path):
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+POSTGRES_URL = os.environ.get(
+    "ANYBAND_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A fresh database on the PostgreSQL server CI starts; dropped at the end."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text("select 1"))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}: {exc}")
+    name = f"anyband_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'create database "{name}"'))
+    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'drop database if exists "{name}" with (force)'))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

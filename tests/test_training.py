@@ -40,9 +40,9 @@ def dataset_dir(tmp_path_factory):
 
 
 def test_stratified_split_keeps_every_class_in_both_parts_and_is_seeded():
-    labels = np.repeat(np.arange(3), [10, 5, 2]).astype(np.int32)
+    labels = np.repeat(np.arange(3), [10, 5, 3]).astype(np.int32)
     train_index, val_index = stratified_split(labels, 0.2, seed=3)
-    assert set(train_index) | set(val_index) == set(range(17))
+    assert set(train_index) | set(val_index) == set(range(18))
     assert not set(train_index) & set(val_index)
     assert [int(np.sum(labels[val_index] == c)) for c in range(3)] == [2, 1, 1]
     assert set(labels[train_index]) == {0, 1, 2}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from sqlalchemy import func, select
 
 from anyband import jobs
-from anyband.errors import InvalidJobSpecError
+from anyband.errors import IdempotencyConflict, InvalidJobSpecError
 from anyband.jobspec import JobSpec, resolve_spec
 from anyband.store import JOB_STATUSES, Dataset, Job, WeightsFile
 from service.broker import enqueue_training
@@ -52,7 +52,7 @@ def create_job(
         raise Problem(422, f"the job spec does not fit: check {fields}", errors=exc.errors) from exc
     try:
         job, created = jobs.create_job(session, spec, idempotency_key)
-    except jobs.IdempotencyConflict as exc:
+    except IdempotencyConflict as exc:
         raise Problem(409, str(exc), job_id=exc.job_id) from exc
     if created and enqueue_training(request.app.state.celery, job.id):
         jobs.mark_enqueued(request.app.state.sessions, job.id)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,31 +9,6 @@ from anyband.settings import Settings
 from service.main import create_app
 
 API_KEY = "test-key-1"
-POSTGRES_URL = os.environ.get(
-    "ANYBAND_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    """A fresh database on the PostgreSQL server CI starts; dropped at the end."""
-    import sqlalchemy
-
-    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text("select 1"))
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL server answers at {POSTGRES_URL}: {exc}")
-    name = f"anyband_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'create database "{name}"'))
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'drop database if exists "{name}" with (force)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

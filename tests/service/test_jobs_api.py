@@ -1,0 +1,184 @@
+"""POST/GET /v1/jobs and /v1/models through the real app, no worker: validation, idempotency,
+cancel, the queue message, and what is refused. (Training itself: tests/worker.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anyband.store import Job
+from tests.service.conftest import assert_problem
+from tests.service.test_datasets_api import upload
+from tests.tiles import separable_classes, write_dataset_zip
+
+
+@pytest.fixture
+def dataset(client, tmp_path):
+    zip_path = write_dataset_zip(
+        tmp_path / "six.zip", separable_classes(per_class=5, shape=(32, 32, 6))
+    )
+    response = upload(client, zip_path, name="six")
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def queued_messages(data_dir) -> list[dict]:
+    """The task messages the filesystem broker holds, decoded."""
+    messages = []
+    for path in sorted((data_dir / "broker" / "queue").glob("*.msg")):
+        envelope = json.loads(path.read_text())
+        messages.append(envelope)
+    return messages
+
+
+def test_accepted_job_is_queued_with_defaults_and_one_message_for_a_worker(
+    client, dataset, data_dir
+):
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": "none"})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["spec"]["bands"] == [1, 2, 3, 4, 5, 6] and job["spec"]["channels"] == 6
+    assert job["spec"]["init_strategy"] == "repeat" and job["spec"]["epochs"] == 10
+    assert job["progress"] == {"epoch": 0, "epochs": 10, "metrics": None}
+    assert job["model_id"] is None and job["attempts"] == 0
+    messages = queued_messages(data_dir)
+    assert len(messages) == 1
+    assert messages[0]["headers"]["task"] == "anyband.train"
+    assert job["id"] in messages[0]["headers"]["argsrepr"]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    listed = client.get("/v1/jobs", params={"status": "queued"}).json()
+    assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "needle"),
+    [
+        ({"bands": [1, 7]}, "bands", "bands 1..6"),
+        ({"bands": [1, 2], "channels": 3}, "channels", "channels must equal"),
+        ({"init_strategy": "rgb", "bands": [1, 2]}, "init_strategy", "at least 3 bands"),
+        ({"init_strategy": "rgb", "bands": [4, 3, 2], "rgb_bands": [4, 1, 2]}, "rgb_bands", "1..3"),
+        ({"initializer": "glorot_sideways"}, "initializer", "glorot_sideways"),
+        ({"weights": "no-such-weights"}, "weights", "no-such-weights"),
+        ({"init_strategy": "per_band", "initializer": "zeros"}, "initializer", "per_band"),
+        ({"val_fraction": 0.05}, "val_fraction", "smallest class"),
+    ],
+)
+def test_spec_that_does_not_fit_the_dataset_is_422_naming_the_field(
+    client, dataset, data_dir, spec, field, needle
+):
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], **spec})
+    body = assert_problem(response, 422, field)
+    assert [e["field"] for e in body["errors"]] == [field]
+    assert needle in body["errors"][0]["message"]
+    assert client.get("/v1/jobs").json()["count"] == 0
+    assert queued_messages(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"init_strategy": "glorot"}, "init_strategy"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"rgb_bands": [1, 2]}, "rgb_bands"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_malformed_spec_is_422_naming_the_field(client, dataset, spec, field):
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], **spec})
+    body = assert_problem(response, 422, field)
+    assert any(e["field"] == field for e in body["errors"])
+
+
+def test_freeze_epochs_beyond_epochs_is_422(client, dataset):
+    response = client.post(
+        "/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 2, "freeze_epochs": 3}
+    )
+    assert_problem(response, 422, "freeze_epochs must be <= epochs")
+
+
+def test_unknown_dataset_is_422_on_dataset_id(client):
+    response = client.post("/v1/jobs", json={"dataset_id": "nope"})
+    body = assert_problem(response, 422, "dataset_id")
+    assert body["errors"] == [{"field": "dataset_id", "message": "no dataset with id 'nope'"}]
+
+
+def test_uploaded_weights_id_is_accepted(client, dataset, tmp_path, pretrained_weights):
+    from tests.resnet_weights import write_keras_notop_h5
+
+    path = write_keras_notop_h5(tmp_path / "mine_notop.h5", pretrained_weights)
+    with open(path, "rb") as handle:
+        weights = client.post("/v1/weights", files={"file": (path.name, handle)}).json()
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": weights["id"]})
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["weights"] == weights["id"]
+
+
+def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(client, dataset, data_dir):
+    spec = {"dataset_id": dataset["id"], "epochs": 3, "freeze_epochs": 1}
+    headers = {"Idempotency-Key": "upload-42-try"}
+    first = client.post("/v1/jobs", json=spec, headers=headers)
+    again = client.post("/v1/jobs", json=spec, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert client.get("/v1/jobs").json()["count"] == 1
+    assert len(queued_messages(data_dir)) == 1  # the resubmission enqueued nothing
+    # Defaults filled in or not, it is the same spec.
+    explicit = {**spec, "bands": [1, 2, 3, 4, 5, 6], "channels": 6}
+    assert (
+        client.post("/v1/jobs", json=explicit, headers=headers).json()["id"] == first.json()["id"]
+    )
+    other = client.post("/v1/jobs", json={**spec, "epochs": 4}, headers=headers)
+    body = assert_problem(other, 409, "upload-42-try", first.json()["id"])
+    assert body["job_id"] == first.json()["id"]
+    assert client.get("/v1/jobs").json()["count"] == 1
+
+
+def test_cancel_a_queued_job_then_cancel_again_is_409(client, dataset):
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"]}).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "already cancelled")
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_unknown_job_and_model_are_404(client):
+    assert_problem(client.get("/v1/jobs/nope"), 404, "no job with id 'nope'")
+    assert_problem(client.post("/v1/jobs/nope/cancel"), 404, "no job with id 'nope'")
+    assert_problem(client.get("/v1/models/nope"), 404, "no model with id 'nope'")
+    assert_problem(client.get("/v1/models/nope/artifacts/model.keras"), 404, "no model")
+    assert client.get("/v1/models").json() == {"data": [], "count": 0}
+
+
+def test_job_list_filter_is_checked(client):
+    assert_problem(client.get("/v1/jobs", params={"status": "done"}), 422, "status must be one of")
+
+
+def test_dataset_in_use_by_a_queued_job_cannot_be_deleted(client, dataset, data_dir):
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"]}).json()
+    assert_problem(client.delete(f"/v1/datasets/{dataset['id']}"), 409, "in use", job["id"])
+    assert (data_dir / "datasets" / dataset["id"] / "tiles.npy").is_file()
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+
+
+def test_job_rows_keep_the_resolved_spec(client, dataset):
+    job = client.post(
+        "/v1/jobs", json={"dataset_id": dataset["id"], "bands": [4, 3, 2], "init_strategy": "rgb"}
+    ).json()
+    with client.app.state.sessions() as session:
+        row = session.get(Job, job["id"])
+        assert row.spec["bands"] == [4, 3, 2] and row.spec["channels"] == 3
+        assert row.enqueued_at is not None
+
+
+def test_health_reports_broker_and_workers(client):
+    body = client.get("/healthz").json()
+    assert body == {"status": "ok", "database": "ok", "broker": "ok", "workers": 0}
