@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-# The REST API on http://127.0.0.1:8000 (SQLite and files in ./anyband-data; no Docker, no Redis).
+# The REST API on http://127.0.0.1:8000 and one training worker (SQLite, Celery's filesystem
+# broker and files in ./anyband-data; no Docker, no Redis).
 run: $(VENV)/.installed
-	$(BIN)/anyband api --host 127.0.0.1 --port 8000
+	$(BIN)/anyband serve --host 127.0.0.1 --port 8000
 
 openapi: $(VENV)/.installed
 	$(BIN)/python scripts/export_openapi.py

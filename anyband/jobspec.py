@@ -7,7 +7,14 @@ import json
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from anyband.adapt import INIT_STRATEGIES, resolve_initializer
 from anyband.errors import InvalidJobSpecError
@@ -41,6 +48,16 @@ class JobSpec(BaseModel):
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     augment: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_freeze_fits_epochs(cls, data):
+        """`epochs: 1` alone means one frozen epoch, not a refusal of the default of 2."""
+        if isinstance(data, dict) and "freeze_epochs" not in data:
+            epochs = data.get("epochs")
+            if isinstance(epochs, int) and not isinstance(epochs, bool) and 0 <= epochs < 2:
+                data = {**data, "freeze_epochs": epochs}
+        return data
 
     @field_validator("freeze_epochs")
     @classmethod

@@ -331,3 +331,11 @@ def test_spec_sha256_tells_band_order_apart():
     assert spec_sha256(JobSpec(dataset_id="d", bands=[1, 2])) != spec_sha256(
         JobSpec(dataset_id="d", bands=[2, 1])
     )
+
+
+def test_epochs_below_the_default_freeze_epochs_freezes_every_epoch():
+    spec = JobSpec(dataset_id="d", epochs=1)
+    assert spec.freeze_epochs == 1
+    assert JobSpec(dataset_id="d", epochs=5).freeze_epochs == 2
+    with pytest.raises(ValidationError, match="freeze_epochs must be <= epochs"):
+        JobSpec(dataset_id="d", epochs=1, freeze_epochs=2)
