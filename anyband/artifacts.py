@@ -16,6 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from anyband.errors import ModelFileMismatchError
+
+MODEL_FILE = "model.keras"
 ARTIFACT_NAMES = ("model.keras", "metrics.json", "history.csv", "curves.png", "card.json")
 ARTIFACT_MEDIA_TYPES: dict[str, str] = {
     "model.keras": "application/octet-stream",
@@ -176,3 +179,16 @@ def sha256_file(path: str | os.PathLike) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> Path:
+    """`path` if its content hashes to `expected`; else ModelFileMismatchError. Only files the
+    workers wrote, unchanged since, are loaded or served."""
+    path = Path(path)
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelFileMismatchError(
+            f"{path.name} no longer matches the sha256 recorded when it was trained "
+            f"(expected {expected[:12]}..., found {actual[:12]}...); refusing to use it"
+        )
+    return path

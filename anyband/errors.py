@@ -46,3 +46,7 @@ class IdempotencyConflict(AnybandError):
             f"Idempotency-Key '{key}' was used for job '{job_id}' with a different spec; "
             "send a new key for a new job"
         )
+
+
+class ModelFileMismatchError(AnybandError, ValueError):
+    """A stored model file whose sha256 is not the one recorded when its job published it."""

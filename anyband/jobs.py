@@ -175,12 +175,14 @@ def reconcile(
     enqueue: Callable[[str], None],
     *,
     requeue_after_seconds: float,
+    max_attempts: int = 3,
     now: datetime | None = None,
 ) -> list[str]:
     """Re-enqueue what the broker may have lost; the job row decides what runs.
 
     - running jobs whose lease ran out (the worker died): back to queued, enqueued again; the
-      next worker resumes them from their last checkpoint;
+      next worker resumes them from their last checkpoint. After `max_attempts` such deaths
+      the job fails instead, with an error that says so;
     - queued jobs never enqueued (the broker was down) or enqueued longer ago than
       `requeue_after_seconds` without a worker taking them (the filesystem transport drops a
       message whose consumer is killed). A duplicate message is harmless: `claim` refuses it.
@@ -192,9 +194,31 @@ def reconcile(
         ).all()
         orphaned = []
         for job_id in expired:
+            still_expired = (
+                Job.id == job_id,
+                Job.status == JOB_RUNNING,
+                Job.lease_expires_at < now,
+            )
+            gave_up = session.execute(
+                update(Job)
+                .where(*still_expired, Job.attempts >= max_attempts)
+                .values(
+                    status=JOB_FAILED,
+                    error=(
+                        f"the worker training this job stopped answering {max_attempts} times "
+                        "(killed, out of memory, or its machine was lost); see the workers' logs"
+                    ),
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            if gave_up.rowcount == 1:
+                log.error("job %s: its worker died %d times; failed", job_id, max_attempts)
+                continue
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JOB_RUNNING, Job.lease_expires_at < now)
+                .where(*still_expired)
                 .values(status=JOB_QUEUED, lease_owner=None, lease_expires_at=None)
             )
             if result.rowcount == 1:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from anyband import jobs
 from anyband.artifacts import (
+    MODEL_FILE,
     classification_metrics,
     plot_curves,
     sha256_file,
@@ -149,7 +150,7 @@ def _publish(job_id: str, spec: JobSpec, result, sessions, settings: Settings) -
     staging = final.with_name(f".{model_id}.partial")
     staging.mkdir(parents=True)
     try:
-        result.model.save(staging / "model.keras")
+        result.model.save(staging / MODEL_FILE)
         metrics = classification_metrics(result.val_true, result.val_pred, result.classes)
         metrics["history"] = result.history
         write_json(staging / "metrics.json", metrics)
@@ -194,7 +195,7 @@ def _publish(job_id: str, spec: JobSpec, result, sessions, settings: Settings) -
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    model_file = final / "model.keras"
+    model_file = final / MODEL_FILE
     height, width = result.summary["tile_size"]
     return Model(
         id=model_id,

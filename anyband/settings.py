@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # A worker renews its lease on a running job every lease_seconds / 4; a job whose lease ran
     # out (its worker died) is re-enqueued by the reconciler and resumes from its checkpoint.
     lease_seconds: float = Field(default=60.0, gt=0)
+    # A job whose worker died this many times is failed rather than taken up again: a job that
+    # kills its worker (out of memory, a driver crash) must not take down worker after worker.
+    max_attempts: int = Field(default=3, ge=1)
     # How often each worker reconciles the job table with the broker.
     reconcile_seconds: float = Field(default=30.0, gt=0)
     # A queued job not claimed this long after it was enqueued is enqueued again (a duplicate

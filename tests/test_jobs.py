@@ -494,6 +494,22 @@ def test_reconcile_requeues_a_running_job_whose_lease_ran_out(sessions, new_job)
     assert claim(sessions, job_id, "worker-b", LEASE_SECONDS) is not None
 
 
+def test_reconcile_fails_a_job_whose_worker_died_max_attempts_times(sessions, new_job):
+    job_id = new_job()
+    for attempt, worker in enumerate(["worker-a", "worker-b", "worker-c"], start=1):
+        assert claim(sessions, job_id, worker, LEASE_SECONDS) is not None
+        expire_lease(sessions, job_id)  # the worker was killed
+        enqueue = Enqueued()
+        requeued = reconcile(sessions, enqueue, requeue_after_seconds=REQUEUE_AFTER, max_attempts=3)
+        if attempt < 3:
+            assert requeued == [job_id] and load(sessions, job_id).status == JOB_QUEUED
+    assert requeued == [] and enqueue == []
+    stored = load(sessions, job_id)
+    assert stored.status == JOB_FAILED and stored.attempts == 3
+    assert "stopped answering 3 times" in stored.error
+    assert stored.finished_at is not None and stored.lease_owner is None
+
+
 def test_reconcile_leaves_a_running_job_with_a_live_lease(sessions, new_job):
     job_id = new_job()
     mark_enqueued(sessions, job_id)

@@ -57,6 +57,7 @@ class Housekeeper(threading.Thread):
                     self.sessions,
                     enqueue_training,
                     requeue_after_seconds=settings.requeue_after_seconds,
+                    max_attempts=settings.max_attempts,
                 )
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", self.period)

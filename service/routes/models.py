@@ -6,7 +6,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 
-from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES
+from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, verify_sha256
+from anyband.errors import ModelFileMismatchError
 from anyband.paths import model_dir
 from anyband.store import Model
 from service.deps import SessionDep, SettingsDep, require_api_key
@@ -47,12 +48,17 @@ def get_model(model_id: str, session: SessionDep):
     responses={200: {"content": {t: {} for t in sorted(set(ARTIFACT_MEDIA_TYPES.values()))}}},
 )
 def get_artifact(model_id: str, name: str, session: SessionDep, settings: SettingsDep):
-    get_or_404(session, model_id)
+    model = get_or_404(session, model_id)
     if name not in ARTIFACT_NAMES:  # also what keeps `name` from naming any other path
         raise Problem(404, f"no artifact '{name}'. Expected one of: {', '.join(ARTIFACT_NAMES)}")
     path = model_dir(settings.data_dir, model_id) / name
     if not path.is_file():
         raise Problem(404, f"artifact '{name}' of model '{model_id}' is missing from storage")
+    if name == MODEL_FILE:
+        try:
+            verify_sha256(path, model.sha256)
+        except ModelFileMismatchError as exc:
+            raise Problem(409, f"model '{model_id}': {exc}") from exc
     return FileResponse(path, media_type=ARTIFACT_MEDIA_TYPES[name], filename=f"{model_id}-{name}")
 
 

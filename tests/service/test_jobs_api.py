@@ -182,3 +182,39 @@ def test_job_rows_keep_the_resolved_spec(client, dataset):
 def test_health_reports_broker_and_workers(client):
     body = client.get("/healthz").json()
     assert body == {"status": "ok", "database": "ok", "broker": "ok", "workers": 0}
+
+
+def test_model_file_is_served_only_while_it_matches_its_recorded_hash(client, dataset, data_dir):
+    import hashlib
+
+    from anyband.store import Model, new_id
+
+    content = b"pretend keras zip" * 1000
+    model_id = new_id()
+    folder = data_dir / "models" / model_id
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(content)
+    (folder / "card.json").write_text('{"classes": ["forest", "urban", "water"]}')
+    with client.app.state.sessions() as session:
+        session.add(
+            Model(
+                id=model_id, job_id=new_id(), dataset_id=dataset["id"],
+                classes=["forest", "urban", "water"], bands=[1, 2], dataset_bands=6, channels=2,
+                init_strategy="mean", weights="none", tile_height=32, tile_width=32,
+                dtype="uint16", nodata=None, metrics={"accuracy": 1.0},
+                sha256=hashlib.sha256(content).hexdigest(), size_bytes=len(content),
+            )
+        )  # fmt: skip
+        session.commit()
+    url = f"/v1/models/{model_id}/artifacts"
+    served = client.get(f"{url}/model.keras")
+    assert served.status_code == 200 and served.content == content
+    assert client.get(f"{url}/card.json").json() == {"classes": ["forest", "urban", "water"]}
+    assert_problem(client.get(f"{url}/history.csv"), 404, "missing from storage")
+    assert_problem(client.get(f"{url}/..%2Fanyband.db"), 404)
+    assert_problem(client.get(f"{url}/secrets.txt"), 404, "Expected one of: model.keras")
+
+    (folder / "model.keras").write_bytes(content + b"tampered")
+    assert_problem(client.get(f"{url}/model.keras"), 409, "no longer matches the sha256")
+    listed = client.get("/v1/models").json()
+    assert listed["count"] == 1 and listed["data"][0]["artifacts"][0] == "model.keras"
