@@ -19,7 +19,14 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from anyband.errors import DatasetNotFoundError, InvalidDatasetError
-from anyband.rasters import MIN_TILE_SIZE, RasterInfo, format_bytes, open_geotiff, raster_info
+from anyband.rasters import (
+    MIN_TILE_SIZE,
+    RasterInfo,
+    format_bytes,
+    nodata_as,
+    open_geotiff,
+    raster_info,
+)
 from anyband.settings import Settings
 
 TILES_FILE = "tiles.npy"
@@ -467,7 +474,7 @@ def _copy_tile(
 ) -> bool:
     """Append one tile to `out` (H, W, bands) as float32 with NaN where a pixel is invalid
     (nodata, NaN, or infinite as float32), add its valid pixels to `stats`, say if any was not."""
-    nodata = _nodata_as(info.nodata, np.dtype(info.dtype))
+    nodata = nodata_as(info.nodata, np.dtype(info.dtype))
     rows = max(1, _CHUNK_PIXELS // (info.width * info.count))
     any_invalid = False
     for top in range(0, info.height, rows):
@@ -484,19 +491,6 @@ def _copy_tile(
         out.write(values.tobytes())
         stats.add(values, ~invalid)
     return any_invalid
-
-
-def _nodata_as(nodata: float | None, dtype: np.dtype) -> np.generic | None:
-    """The nodata value in the tile's own type, as GDAL compares it; None if no pixel can be it."""
-    if nodata is None or not math.isfinite(nodata):
-        return None  # NaN and infinities are invalid anyway
-    if dtype.kind in "iu":
-        bounds = np.iinfo(dtype)
-        if not float(nodata).is_integer() or not bounds.min <= nodata <= bounds.max:
-            return None
-        return dtype.type(int(nodata))
-    with np.errstate(over="ignore"):
-        return dtype.type(nodata)
 
 
 def _fill_invalid(tiles_path: Path, means: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -132,6 +133,19 @@ def read_tile(
         info = raster_info(dataset)
         pixels = dataset.read()
     return np.moveaxis(pixels, 0, -1), info
+
+
+def nodata_as(nodata: float | None, dtype: np.dtype) -> np.generic | None:
+    """The nodata value in the tile's own type, as GDAL compares it; None if no pixel can be it."""
+    if nodata is None or not math.isfinite(nodata):
+        return None  # NaN and infinities are invalid anyway
+    if dtype.kind in "iu":
+        bounds = np.iinfo(dtype)
+        if not float(nodata).is_integer() or not bounds.min <= nodata <= bounds.max:
+            return None
+        return dtype.type(int(nodata))
+    with np.errstate(over="ignore"):
+        return dtype.type(nodata)
 
 
 def _check_magic(path: Path, name: str) -> None:

@@ -11,7 +11,8 @@ from anyband.settings import Settings, get_settings
 from anyband.store import init_db
 from service.broker import make_client
 from service.problems import install_problem_handlers
-from service.routes import datasets, health, jobs, models, weights
+from service.routes import datasets, health, jobs, models, predictions, weights
+from service.serving import Serving
 
 log = logging.getLogger("anyband.service")
 
@@ -24,9 +25,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.sessions = init_db(settings.sqlalchemy_url)
         app.state.celery = make_client(settings)
+        app.state.serving = Serving(settings)
         if not settings.api_key_list:
             log.warning("ANYBAND_API_KEYS is empty: authentication is OFF (bind to 127.0.0.1 only)")
         yield
+        await app.state.serving.close()
         app.state.sessions.kw["bind"].dispose()
 
     app = FastAPI(
@@ -42,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(weights.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(predictions.router)
     return app
 
 

@@ -124,3 +124,14 @@ class ModelPublic(BaseModel):
 class ModelsPublic(BaseModel):
     data: list[ModelPublic]
     count: int
+
+
+class Prediction(BaseModel):
+    filename: str
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictionsPublic(BaseModel):
+    model_id: str
+    predictions: list[Prediction] = Field(description="one per uploaded tile, in request order")

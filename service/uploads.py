@@ -39,18 +39,31 @@ class MultipartUpload:
             errors=[{"field": name, "message": "a file is required"}],
         )
 
+    def files_named(self, name: str) -> list[UploadedFile]:
+        found = [uploaded for uploaded in self.files if uploaded.field == name]
+        if not found:
+            raise Problem(
+                422,
+                f"multipart field '{name}' (one or more files) is required",
+                errors=[{"field": name, "message": "at least one file is required"}],
+            )
+        return found
+
     def remove(self) -> None:
         for uploaded in self.files:
             uploaded.path.unlink(missing_ok=True)
 
 
-def multipart_body(file_description: str, **fields: dict) -> dict:
-    """OpenAPI `openapi_extra` for a route that streams a multipart body with a `file` part."""
+def multipart_body(
+    file_description: str, *, file_field: str = "file", many: bool = False, **fields: dict
+) -> dict:
+    """OpenAPI `openapi_extra` for a route that streams a multipart body with file parts."""
+    binary = {"type": "string", "format": "binary", "description": file_description}
     properties = {
-        "file": {"type": "string", "format": "binary", "description": file_description},
+        file_field: {"type": "array", "items": binary} if many else binary,
         **fields,
     }
-    schema = {"type": "object", "required": ["file"], "properties": properties}
+    schema = {"type": "object", "required": [file_field], "properties": properties}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }

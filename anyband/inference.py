@@ -1,0 +1,88 @@
+"""What a trained model expects of a raster, and raw pixels made ready for it (tiles and scenes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anyband.errors import InvalidRasterError
+from anyband.rasters import MIN_TILE_SIZE, RasterInfo, nodata_as
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A model's contract with the rasters it reads: the dataset's band count, the bands it uses
+    (1-based, in model order), their means (raw units: what invalid pixels become, as in the
+    training cache) and the dataset's nodata value."""
+
+    dataset_bands: int
+    bands: tuple[int, ...]
+    band_mean: tuple[float, ...]
+    nodata: float | None = None
+    dtype: str = "float32"  # the training dataset's pixel type, for messages
+
+    @property
+    def band_index(self) -> np.ndarray:
+        return np.asarray(self.bands, dtype=np.intp) - 1
+
+    @classmethod
+    def from_card(cls, card: dict) -> ModelInput:
+        """From a model's card.json (what every finished job writes)."""
+        return cls(
+            dataset_bands=int(card["dataset"]["num_bands"]),
+            bands=tuple(card["bands"]),
+            band_mean=tuple(float(m) for m in card["band_stats"]["mean"]),
+            nodata=card["dataset"].get("nodata"),
+            dtype=card["dataset"].get("dtype", "float32"),
+        )
+
+
+def check_raster(info: RasterInfo, model: ModelInput, name: str, *, min_size: int = MIN_TILE_SIZE):
+    """InvalidRasterError unless the raster carries the model's bands in a castable pixel type."""
+    if info.count != model.dataset_bands:
+        raise InvalidRasterError(
+            f"{name!r}: model expects {model.dataset_bands} bands, tile has {info.count} "
+            f"(the model reads bands {list(model.bands)} of {model.dataset_bands}-band rasters)"
+        )
+    if not np.can_cast(np.dtype(info.dtype), np.float64, casting="same_kind"):
+        raise InvalidRasterError(
+            f"{name!r}: pixel type {info.dtype} cannot be read as band values; expected a real "
+            f"type such as the training data's {model.dtype}"
+        )
+    if min(info.height, info.width) < min_size:
+        raise InvalidRasterError(
+            f"{name!r} is {info.height} x {info.width} px; the model needs at least "
+            f"{min_size} x {min_size}"
+        )
+
+
+def invalid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(..., bands) True where a value is nodata, NaN or infinite as float32: the rule the
+    training cache was built with."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        invalid = ~np.isfinite(pixels.astype(np.float32, copy=False))
+    marker = nodata_as(nodata, pixels.dtype)
+    if marker is not None:
+        invalid |= pixels == marker
+    return invalid
+
+
+def prepare(pixels: np.ndarray, model: ModelInput, nodata: float | None = None) -> np.ndarray:
+    """Raw (..., H, W, dataset_bands) pixels -> float32 (..., H, W, channels) in model band order,
+    invalid values set to the band mean exactly as the training cache holds them. `nodata` is
+    the raster's own (default: the dataset's)."""
+    nodata = model.nodata if nodata is None else nodata
+    selected = pixels[..., model.band_index]
+    invalid = invalid_pixels(selected, nodata)
+    with np.errstate(over="ignore"):
+        out = selected.astype(np.float32)
+    if invalid.any():
+        means = np.broadcast_to(np.asarray(model.band_mean, dtype=np.float32), out.shape)
+        out[invalid] = means[invalid]
+    return out
+
+
+def valid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(..., H, W) True where every band of the raster holds a valid value."""
+    return ~invalid_pixels(pixels, nodata).any(axis=-1)

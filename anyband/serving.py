@@ -1,0 +1,99 @@
+"""Trained models ready to answer: loaded once (hash checked), one compiled function each, LRU-cached."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from anyband.artifacts import MODEL_FILE, verify_sha256
+from anyband.inference import ModelInput
+from anyband.saving import load_model
+
+CARD_FILE = "card.json"
+
+
+@dataclass
+class ServedModel:
+    """A model as served: its compiled function, what it expects, what it answers."""
+
+    model_id: str
+    model_input: ModelInput
+    classes: list[str]
+    tile_size: tuple[int, int]
+    function: Callable = field(repr=False)
+    keras_model: object = field(repr=False)
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """float32 (N, H, W, channels), already `prepare`d -> (N, classes) probabilities."""
+        return self.function(tf.convert_to_tensor(tiles, dtype=tf.float32)).numpy()
+
+
+def load_served_model(model_id: str, folder: Path, sha256: str) -> ServedModel:
+    """Load a worker-written model: only if model.keras still hashes to its record, safe mode."""
+    path = verify_sha256(Path(folder) / MODEL_FILE, sha256)
+    card = json.loads((Path(folder) / CARD_FILE).read_text())
+    model = load_model(path)
+    channels = model.input_shape[-1]
+    # One trace for every batch size and tile size: no retracing per request.
+    function = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32)],
+        reduce_retracing=True,
+    )
+    return ServedModel(
+        model_id=model_id,
+        model_input=ModelInput.from_card(card),
+        classes=list(card["classes"]),
+        tile_size=tuple(card["tile_size"]),
+        function=function,
+        keras_model=model,
+    )
+
+
+class ModelCache:
+    """Least recently used models, at most `capacity`; a model loads once even when many
+    requests ask for it at the same moment."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1. Received: capacity={capacity}")
+        self.capacity = capacity
+        self._models: OrderedDict[str, ServedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.loads = 0  # how many times a model was read from disk (tests and metrics)
+
+    def get(self, model_id: str, loader: Callable[[], ServedModel]) -> ServedModel:
+        with self._lock:
+            if model_id in self._models:
+                self._models.move_to_end(model_id)
+                return self._models[model_id]
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        with loading:
+            with self._lock:
+                if model_id in self._models:
+                    self._models.move_to_end(model_id)
+                    return self._models[model_id]
+            served = loader()
+            with self._lock:
+                self.loads += 1
+                self._models[model_id] = served
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)
+                self._loading.pop(model_id, None)
+            return served
+
+    def __contains__(self, model_id: str) -> bool:
+        with self._lock:
+            return model_id in self._models
+
+    def evict(self, model_id: str) -> None:
+        with self._lock:
+            self._models.pop(model_id, None)

@@ -1,0 +1,93 @@
+"""Inference on uploaded tiles: POST /v1/models/{id}/predict, micro-batched across requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from anyband.errors import InvalidRasterError, ModelFileMismatchError
+from anyband.inference import ModelInput, check_raster, prepare
+from anyband.rasters import read_tile
+from service.deps import SettingsDep, require_api_key
+from service.problems import PROBLEM_RESPONSES, Problem
+from service.routes.models import get_or_404
+from service.schemas import PredictionsPublic
+from service.uploads import UploadedFile, multipart_body, receive_multipart
+
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["inference"],
+    dependencies=[Depends(require_api_key)],
+    responses=PROBLEM_RESPONSES,
+)
+
+
+@router.post(
+    "/{model_id}/predict",
+    response_model=PredictionsPublic,
+    operation_id="predict",
+    openapi_extra=multipart_body(
+        "GeoTIFF tiles with the dataset's band count, any size >= 32 px",
+        file_field="files",
+        many=True,
+    ),
+)
+async def predict(model_id: str, request: Request, settings: SettingsDep):
+    # A short session, not one per request: requests wait for a batch, not for a connection.
+    with request.app.state.sessions() as session:
+        record = get_or_404(session, model_id)
+    upload = await receive_multipart(
+        request, settings.data_dir / "uploads", settings.max_upload_bytes
+    )
+    try:
+        files = upload.files_named("files")
+        if len(files) > settings.max_predict_files:
+            raise Problem(
+                413,
+                f"{len(files)} tiles in one request; send at most {settings.max_predict_files}",
+            )
+        serving = request.app.state.serving
+        try:
+            served = await serving.model(record)
+        except (ModelFileMismatchError, FileNotFoundError) as exc:
+            raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
+        tiles = await run_in_threadpool(
+            _read_tiles, files, served.model_input, settings.max_tile_bytes
+        )
+    finally:
+        upload.remove()
+    batcher = await serving.batcher(served)
+    probabilities = await asyncio.gather(*(batcher.submit(tile[np.newaxis]) for tile in tiles))
+    return {
+        "model_id": model_id,
+        "predictions": [
+            {
+                "filename": uploaded.filename,
+                "label": served.classes[int(np.argmax(p[0]))],
+                "probabilities": dict(zip(served.classes, p[0].tolist(), strict=True)),
+            }
+            for uploaded, p in zip(files, probabilities, strict=True)
+        ],
+    }
+
+
+def _read_tiles(
+    files: list[UploadedFile], model_input: ModelInput, max_bytes: int
+) -> list[np.ndarray]:
+    """Each tile checked as untrusted and against the model, then made ready for it."""
+    tiles = []
+    for uploaded in files:
+        try:
+            pixels, info = read_tile(uploaded.path, max_bytes=max_bytes, name=uploaded.filename)
+            check_raster(info, model_input, uploaded.filename)
+        except InvalidRasterError as exc:
+            raise Problem(
+                422,
+                str(exc),
+                errors=[{"field": "files", "message": str(exc), "filename": uploaded.filename}],
+            ) from exc
+        tiles.append(prepare(pixels, model_input, info.nodata))
+    return tiles

@@ -1,0 +1,51 @@
+"""The API's inference state: the model cache, one micro-batcher per loaded model, one
+inference thread (a GPU runs one batch at a time anyway; TensorFlow uses every core per call)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.concurrency import run_in_threadpool
+
+from anyband.batching import MicroBatcher
+from anyband.paths import model_dir
+from anyband.serving import ModelCache, ServedModel, load_served_model
+from anyband.settings import Settings
+from anyband.store import Model
+
+
+class Serving:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cache = ModelCache(settings.model_cache_size)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anyband-inference")
+        self._batchers: dict[str, tuple[ServedModel, MicroBatcher]] = {}
+
+    async def model(self, record: Model) -> ServedModel:
+        folder = model_dir(self.settings.data_dir, record.id)
+        return await run_in_threadpool(
+            self.cache.get, record.id, lambda: load_served_model(record.id, folder, record.sha256)
+        )
+
+    async def batcher(self, served: ServedModel) -> MicroBatcher:
+        current = self._batchers.get(served.model_id)
+        if current is not None and current[0] is served:
+            return current[1]
+        for model_id, (_, stale) in list(self._batchers.items()):
+            if model_id == served.model_id or model_id not in self.cache:
+                del self._batchers[model_id]  # evicted: let the model's memory go
+                await stale.close()
+        batcher = MicroBatcher(
+            served.predict,
+            max_batch=self.settings.predict_max_batch,
+            max_wait_s=self.settings.predict_batch_wait_ms / 1000,
+            executor=self.executor,
+        )
+        self._batchers[served.model_id] = (served, batcher)
+        return batcher
+
+    async def close(self) -> None:
+        for _, batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,182 @@
+"""POST /v1/models/{id}/predict on a model trained by a real job: answers equal model.predict,
+every bad tile is a clear 4xx, concurrent requests are micro-batched and each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from anyband.inference import ModelInput, prepare
+from anyband.runner import run_training_job
+from anyband.saving import load_model
+from anyband.settings import Settings
+from service.main import create_app
+from tests.service.conftest import assert_problem
+from tests.service.test_datasets_api import upload
+from tests.tiles import separable_classes, tile_bytes, vrt_text, write_dataset_zip
+
+pytestmark = pytest.mark.slow
+BANDS = 6
+MODEL_BANDS = [5, 1, 3]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained by a real job (the runner a worker calls), on 6-band uint16 tiles with
+    nodata, using bands 5, 1, 3."""
+    root = tmp_path_factory.mktemp("predict")
+    settings = Settings(data_dir=root / "data", api_keys="", model_cache_size=1)
+    with TestClient(create_app(settings)) as client:
+        classes = separable_classes(per_class=6, shape=(32, 32, BANDS), seed=3)
+        classes["forest"][0][:4, :4, :] = 0  # some nodata, as real scenes have
+        zip_path = write_dataset_zip(root / "d.zip", classes, nodata=0)
+        dataset = upload(client, zip_path).json()
+        job = client.post(
+            "/v1/jobs",
+            json={"dataset_id": dataset["id"], "bands": MODEL_BANDS, "weights": "none",
+                  "epochs": 1, "batch_size": 8, "init_strategy": "mean"},
+        ).json()  # fmt: skip
+    assert run_training_job(job["id"], settings, "test-runner") == "succeeded"
+    with TestClient(create_app(settings)) as client:
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+        model = client.get(f"/v1/models/{job['model_id']}").json()
+    return settings, model, classes
+
+
+@pytest.fixture
+def api(trained):
+    settings = trained[0]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def tile_upload(arrays: dict[str, np.ndarray], **kwargs) -> list:
+    return [
+        ("files", (name, tile_bytes(array, **kwargs), "image/tiff")) for name, array in arrays.items()
+    ]
+
+
+def expected_probabilities(settings, model, arrays, nodata=None):
+    keras_model = load_model(settings.data_dir / "models" / model["id"] / "model.keras")
+    card = (settings.data_dir / "models" / model["id"] / "card.json").read_text()
+    model_input = ModelInput.from_card(__import__("json").loads(card))
+    batch = np.stack([prepare(a, model_input, nodata) for a in arrays])
+    return keras_model.predict(batch, verbose=0)
+
+
+def test_predictions_equal_model_predict_on_the_same_arrays(api, trained):
+    settings, model, classes = trained
+    rng = np.random.default_rng(11)
+    arrays = {
+        "forest.tif": classes["forest"][0],  # holds nodata pixels
+        "water.tif": classes["water"][1],
+        "noise.tif": rng.integers(1, 900, (32, 32, BANDS)).astype("uint16"),
+    }
+    response = api.post(f"/v1/models/{model['id']}/predict", files=tile_upload(arrays, nodata=0))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["filename"] for p in body["predictions"]] == list(arrays)
+    expected = expected_probabilities(settings, model, list(arrays.values()), nodata=0)
+    for prediction, want in zip(body["predictions"], expected, strict=True):
+        got = [prediction["probabilities"][name] for name in model["classes"]]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        assert prediction["label"] == model["classes"][int(np.argmax(want))]
+        assert sum(got) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_any_tile_size_the_backbone_accepts_is_answered(api, trained):
+    settings, model, _ = trained
+    big = np.random.default_rng(2).integers(1, 900, (48, 80, BANDS)).astype("uint16")
+    response = api.post(f"/v1/models/{model['id']}/predict", files=tile_upload({"big.tif": big}))
+    assert response.status_code == 200, response.text
+    want = expected_probabilities(settings, model, [big])[0]
+    got = [response.json()["predictions"][0]["probabilities"][c] for c in model["classes"]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def good_tile(seed=0):
+    return np.random.default_rng(seed).integers(1, 900, (32, 32, BANDS)).astype("uint16")
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "needle"),
+    [
+        (lambda: tile_upload({"four.tif": good_tile()[..., :4]}), 422, "model expects 6 bands, tile has 4"),
+        (lambda: tile_upload({"small.tif": good_tile()[:16, :16]}), 422, "at least 32 x 32"),
+        (lambda: [("files", ("c.tif", tile_bytes(np.zeros((32, 32, BANDS), "complex64")), "image/tiff"))], 422, "pixel type complex64"),
+        (lambda: [("files", ("bad.tif", tile_bytes(good_tile())[:300], "image/tiff"))], 422, "bad.tif"),
+        (lambda: [("files", ("vrt.tif", vrt_text("/etc/passwd"), "image/tiff"))], 422, "not a GeoTIFF"),
+        (lambda: [("other", ("x.tif", tile_bytes(good_tile()), "image/tiff"))], 422, "'files'"),
+    ],
+    ids=["band-count", "too-small", "complex", "corrupt", "vrt", "no-files"],
+)
+def test_bad_tile_is_a_clear_4xx_and_the_server_stays_healthy(api, trained, files, status, needle):
+    _, model, _ = trained
+    response = api.post(f"/v1/models/{model['id']}/predict", files=files())
+    assert_problem(response, status, needle)
+    assert api.get("/healthz").status_code == 200
+    assert not any((trained[0].data_dir / "uploads").iterdir())
+    ok = api.post(f"/v1/models/{model['id']}/predict", files=tile_upload({"ok.tif": good_tile()}))
+    assert ok.status_code == 200
+
+
+def test_unknown_model_is_404(api):
+    response = api.post("/v1/models/nope/predict", files=tile_upload({"a.tif": good_tile()}))
+    assert_problem(response, 404, "no model with id 'nope'")
+
+
+def test_model_file_changed_since_training_is_refused(trained, tmp_path):
+    settings, model, _ = trained
+    copy = Settings(data_dir=tmp_path / "data", api_keys="", model_cache_size=1)
+    shutil.copytree(settings.data_dir, copy.data_dir)
+    model_file = copy.data_dir / "models" / model["id"] / "model.keras"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with TestClient(create_app(copy), raise_server_exceptions=False) as client:
+        response = client.post(
+            f"/v1/models/{model['id']}/predict", files=tile_upload({"a.tif": good_tile()})
+        )
+        assert_problem(response, 409, "no longer matches the sha256")
+        assert client.get("/healthz").status_code == 200
+
+
+def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained):
+    settings, model, _ = trained
+    arrays = [good_tile(seed) for seed in range(32)]
+    expected = expected_probabilities(settings, model, arrays)
+    batched = settings.model_copy(update={"predict_batch_wait_ms": 50.0, "predict_max_batch": 32})
+    app = create_app(batched)
+
+    async def run():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                url = f"/v1/models/{model['id']}/predict"
+                # Load the model first, so the 32 requests meet a warm model.
+                warm = await client.post(url, files=tile_upload({"w.tif": arrays[0]}))
+                assert warm.status_code == 200
+                responses = await asyncio.gather(
+                    *(
+                        client.post(url, files=tile_upload({f"t{i}.tif": array}))
+                        for i, array in enumerate(arrays)
+                    )
+                )
+                serving = app.state.serving
+                _, batcher = serving._batchers[model["id"]]
+                return responses, list(batcher.batch_sizes), serving.cache.loads
+
+    responses, batch_sizes, loads = asyncio.run(run())
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        prediction = response.json()["predictions"][0]
+        assert prediction["filename"] == f"t{i}.tif"
+        got = [prediction["probabilities"][c] for c in model["classes"]]
+        np.testing.assert_allclose(got, expected[i], rtol=1e-4, atol=1e-6)
+    assert loads == 1  # loaded once, then served from the cache
+    assert sum(batch_sizes) == 33
+    assert max(batch_sizes) > 1, batch_sizes  # requests shared model calls
+    assert len(batch_sizes) < 33
