@@ -22,6 +22,7 @@ from anyband.store import (
     JOB_TERMINAL,
     Job,
     Model,
+    Scene,
     Worker,
     new_id,
     utcnow,
@@ -29,8 +30,13 @@ from anyband.store import (
 
 log = logging.getLogger("anyband.jobs")
 
-# What a lease holder may write while it trains; status changes go through finish/fail/cancel.
-PROGRESS_FIELDS = frozenset({"epoch", "metrics", "resumed_from_epoch"})
+# What a lease holder may write while it works; status changes go through finish/fail/cancel.
+PROGRESS_FIELDS = {
+    "jobs": frozenset({"epoch", "metrics", "resumed_from_epoch"}),
+    "scenes": frozenset({"windows_done", "windows_total"}),
+}
+# Rows a worker takes with a lease: training jobs and scene jobs share the rules.
+Leased = type[Job] | type[Scene]
 
 
 def create_job(session: Session, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -68,16 +74,18 @@ def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
     return earlier
 
 
-def mark_enqueued(sessions: sessionmaker, job_id: str) -> None:
+def mark_enqueued(sessions: sessionmaker, job_id: str, *, table: Leased = Job) -> None:
     with sessions.begin() as session:
         session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JOB_QUEUED)
+            update(table)
+            .where(table.id == job_id, table.status == JOB_QUEUED)
             .values(enqueued_at=utcnow())
         )
 
 
-def claim(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float) -> Job | None:
+def claim(
+    sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float, *, table: Leased = Job
+) -> Job | Scene | None:
     """Take the lease on a job: it must be queued, or running with a lease that ran out.
 
     One conditional UPDATE, so of two workers given the same job at once exactly one wins.
@@ -85,37 +93,46 @@ def claim(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float)
     now = utcnow()
     with sessions.begin() as session:
         result = session.execute(
-            update(Job)
+            update(table)
             .where(
-                Job.id == job_id,
+                table.id == job_id,
                 or_(
-                    Job.status == JOB_QUEUED,
-                    (Job.status == JOB_RUNNING)
-                    & (or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)),
+                    table.status == JOB_QUEUED,
+                    (table.status == JOB_RUNNING)
+                    & (or_(table.lease_expires_at.is_(None), table.lease_expires_at < now)),
                 ),
             )
             .values(
                 status=JOB_RUNNING,
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
+                attempts=table.attempts + 1,
                 started_at=now,
                 error=None,
             )
         )
         if result.rowcount != 1:
             return None
-        return session.get(Job, job_id)
+        return session.get(table, job_id)
 
 
-def renew(sessions: sessionmaker, job_id: str, owner: str, lease_seconds: float, **values) -> bool:
+def renew(
+    sessions: sessionmaker,
+    job_id: str,
+    owner: str,
+    lease_seconds: float,
+    *,
+    table: Leased = Job,
+    **values,
+) -> bool:
     """Extend the lease (and write progress `values`); False once the job is no longer ours."""
-    if not set(values) <= PROGRESS_FIELDS:
-        raise ValueError(f"renew writes only {sorted(PROGRESS_FIELDS)}. Received: {sorted(values)}")
+    allowed = PROGRESS_FIELDS[table.__tablename__]
+    if not set(values) <= allowed:
+        raise ValueError(f"renew writes only {sorted(allowed)}. Received: {sorted(values)}")
     with sessions.begin() as session:
         result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
+            update(table)
+            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
         )
         return result.rowcount == 1
@@ -143,11 +160,29 @@ def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> boo
         return True
 
 
-def fail(sessions: sessionmaker, job_id: str, owner: str, error: str) -> bool:
+def finish_scene(sessions: sessionmaker, scene_id: str, owner: str) -> bool:
     with sessions.begin() as session:
         result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
+            update(Scene)
+            .where(Scene.id == scene_id, Scene.lease_owner == owner, Scene.status == JOB_RUNNING)
+            .values(
+                status=JOB_SUCCEEDED,
+                windows_done=Scene.windows_total,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        return result.rowcount == 1
+
+
+def fail(
+    sessions: sessionmaker, job_id: str, owner: str, error: str, *, table: Leased = Job
+) -> bool:
+    with sessions.begin() as session:
+        result = session.execute(
+            update(table)
+            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
             .values(
                 status=JOB_FAILED,
                 error=error,
@@ -177,6 +212,7 @@ def reconcile(
     requeue_after_seconds: float,
     max_attempts: int = 3,
     now: datetime | None = None,
+    table: Leased = Job,
 ) -> list[str]:
     """Re-enqueue what the broker may have lost; the job row decides what runs.
 
@@ -190,22 +226,22 @@ def reconcile(
     now = now or utcnow()
     with sessions.begin() as session:
         expired = session.scalars(
-            select(Job.id).where(Job.status == JOB_RUNNING, Job.lease_expires_at < now)
+            select(table.id).where(table.status == JOB_RUNNING, table.lease_expires_at < now)
         ).all()
         orphaned = []
         for job_id in expired:
             still_expired = (
-                Job.id == job_id,
-                Job.status == JOB_RUNNING,
-                Job.lease_expires_at < now,
+                table.id == job_id,
+                table.status == JOB_RUNNING,
+                table.lease_expires_at < now,
             )
             gave_up = session.execute(
-                update(Job)
-                .where(*still_expired, Job.attempts >= max_attempts)
+                update(table)
+                .where(*still_expired, table.attempts >= max_attempts)
                 .values(
                     status=JOB_FAILED,
                     error=(
-                        f"the worker training this job stopped answering {max_attempts} times "
+                        f"the worker running this job stopped answering {max_attempts} times "
                         "(killed, out of memory, or its machine was lost); see the workers' logs"
                     ),
                     finished_at=now,
@@ -217,30 +253,31 @@ def reconcile(
                 log.error("job %s: its worker died %d times; failed", job_id, max_attempts)
                 continue
             result = session.execute(
-                update(Job)
+                update(table)
                 .where(*still_expired)
                 .values(status=JOB_QUEUED, lease_owner=None, lease_expires_at=None)
             )
             if result.rowcount == 1:
                 orphaned.append(job_id)
         stale = session.scalars(
-            select(Job.id).where(
-                Job.status == JOB_QUEUED,
+            select(table.id).where(
+                table.status == JOB_QUEUED,
                 or_(
-                    Job.enqueued_at.is_(None),
-                    Job.enqueued_at < now - timedelta(seconds=requeue_after_seconds),
+                    table.enqueued_at.is_(None),
+                    table.enqueued_at < now - timedelta(seconds=requeue_after_seconds),
                 ),
             )
         ).all()
     requeued = list(dict.fromkeys([*orphaned, *stale]))
     for job_id in requeued:
         log.warning(
-            "job %s: %s; enqueuing it again",
+            "%s %s: %s; enqueuing it again",
+            table.__tablename__[:-1],
             job_id,
             "its worker's lease ran out" if job_id in orphaned else "no worker took it up",
         )
         enqueue(job_id)
-        mark_enqueued(sessions, job_id)
+        mark_enqueued(sessions, job_id, table=table)
     return requeued
 
 

@@ -25,3 +25,8 @@ def weights_path(data_dir: Path, weights_id: str, filename: str) -> Path:
     """Stored as weights/{id}/weights{suffix}: the suffix tells the loader the format."""
     suffix = next(s for s in WEIGHTS_SUFFIXES if filename.endswith(s))
     return data_dir / "weights" / weights_id / f"weights{suffix}"
+
+
+def scene_dir(data_dir: Path, scene_id: str) -> Path:
+    """A scene job's input.tif (until it is mapped) and result.tif."""
+    return data_dir / "scenes" / scene_id

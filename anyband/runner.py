@@ -26,18 +26,18 @@ from anyband.store import Dataset, Job, Model, WeightsFile, init_db, new_id
 log = logging.getLogger("anyband.runner")
 
 
-class _Lease:
-    """Renews the job's lease in a thread; `lost` is set once the job is no longer ours
+class Lease:
+    """Renews a job's (or scene's) lease in a thread; `lost` is set once it is no longer ours
     (cancelled, or taken over after our lease ran out)."""
 
-    def __init__(self, sessions, job_id: str, owner: str, lease_seconds: float):
+    def __init__(self, sessions, job_id: str, owner: str, lease_seconds: float, table=Job):
         self.sessions, self.job_id, self.owner = sessions, job_id, owner
-        self.lease_seconds = lease_seconds
+        self.lease_seconds, self.table = lease_seconds, table
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id}", daemon=True)
 
-    def __enter__(self) -> _Lease:
+    def __enter__(self) -> Lease:
         self._thread.start()
         return self
 
@@ -47,7 +47,14 @@ class _Lease:
 
     def renew(self, **values) -> bool:
         try:
-            ok = jobs.renew(self.sessions, self.job_id, self.owner, self.lease_seconds, **values)
+            ok = jobs.renew(
+                self.sessions,
+                self.job_id,
+                self.owner,
+                self.lease_seconds,
+                table=self.table,
+                **values,
+            )
         except Exception:  # a database blip: keep training, try again next beat
             log.exception("job %s: could not renew the lease", self.job_id)
             return True
@@ -78,7 +85,7 @@ def run_training_job(job_id: str, settings: Settings, worker_id: str, *, devices
             return status
         log.info("job %s: attempt %d on %s", job_id, job.attempts, worker_id)
         spec = JobSpec.model_validate(job.spec)
-        with _Lease(sessions, job_id, worker_id, settings.lease_seconds) as lease:
+        with Lease(sessions, job_id, worker_id, settings.lease_seconds) as lease:
             try:
                 weights = _weights_for(spec, sessions, settings)
                 checkpoints = job_dir(settings.data_dir, job_id)

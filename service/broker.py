@@ -6,7 +6,14 @@ import logging
 
 from celery import Celery
 
-from anyband.queues import TRAIN_QUEUE, TRAIN_TASK, celery_config, ensure_broker_dirs
+from anyband.queues import (
+    SCENE_QUEUE,
+    SCENE_TASK,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+    celery_config,
+    ensure_broker_dirs,
+)
 from anyband.settings import Settings
 
 log = logging.getLogger("anyband.service")
@@ -26,6 +33,17 @@ def enqueue_training(client: Celery, job_id: str) -> bool:
         client.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, retry=True)
     except Exception:
         log.exception("job %s: could not reach the broker; a worker will enqueue it later", job_id)
+        return False
+    return True
+
+
+def enqueue_scene(client: Celery, scene_id: str) -> bool:
+    try:
+        client.send_task(SCENE_TASK, args=[scene_id], queue=SCENE_QUEUE, retry=True)
+    except Exception:
+        log.exception(
+            "scene %s: could not reach the broker; a worker will enqueue it later", scene_id
+        )
         return False
     return True
 

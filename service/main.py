@@ -11,7 +11,7 @@ from anyband.settings import Settings, get_settings
 from anyband.store import init_db
 from service.broker import make_client
 from service.problems import install_problem_handlers
-from service.routes import datasets, health, jobs, models, predictions, weights
+from service.routes import datasets, health, jobs, models, predictions, scenes, weights
 from service.serving import Serving
 
 log = logging.getLogger("anyband.service")
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(predictions.router)
+    app.include_router(scenes.router)
     return app
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anyband.artifacts import ARTIFACT_NAMES
 from anyband.jobspec import JobSpec
-from anyband.store import Job
+from anyband.store import Job, Scene
 
 
 class BandStats(BaseModel):
@@ -135,3 +135,43 @@ class Prediction(BaseModel):
 class PredictionsPublic(BaseModel):
     model_id: str
     predictions: list[Prediction] = Field(description="one per uploaded tile, in request order")
+
+
+class SceneProgress(BaseModel):
+    windows_done: int
+    windows_total: int
+    fraction: float
+
+
+class ScenePublic(BaseModel):
+    id: str
+    model_id: str
+    filename: str
+    width: int
+    height: int
+    stride: int
+    status: str
+    progress: SceneProgress
+    error: str | None
+    result: str | None = Field(description="where to download the class map once succeeded")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data):
+        if isinstance(data, Scene):
+            total = data.windows_total or 0
+            return {
+                **{name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)},
+                "progress": {
+                    "windows_done": data.windows_done,
+                    "windows_total": total,
+                    "fraction": data.windows_done / total if total else 0.0,
+                },
+                "result": f"/v1/scenes/{data.id}/result.tif"
+                if data.status == "succeeded"
+                else None,
+            }
+        return data

@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 
-from anyband.queues import TRAIN_QUEUE, is_filesystem_broker
+from anyband.queues import WORKER_QUEUES, is_filesystem_broker
 from worker.app import app, settings
 
 
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [
         "worker",
         "--queues",
-        TRAIN_QUEUE,
+        ",".join(WORKER_QUEUES),
         # solo: the task runs in this process, so TensorFlow and its GPU memory are held once and
         # a job never shares the process with another.
         "--pool",

@@ -12,9 +12,16 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from anyband import jobs
-from anyband.queues import TRAIN_QUEUE, TRAIN_TASK, celery_config, ensure_broker_dirs
+from anyband.queues import (
+    SCENE_QUEUE,
+    SCENE_TASK,
+    TRAIN_QUEUE,
+    TRAIN_TASK,
+    celery_config,
+    ensure_broker_dirs,
+)
 from anyband.settings import get_settings
-from anyband.store import init_db
+from anyband.store import Job, Scene, init_db
 
 log = logging.getLogger("anyband.worker")
 
@@ -31,6 +38,10 @@ current_job: dict[str, str | None] = {"id": None}
 
 def enqueue_training(job_id: str) -> None:
     app.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE)
+
+
+def enqueue_scene(scene_id: str) -> None:
+    app.send_task(SCENE_TASK, args=[scene_id], queue=SCENE_QUEUE)
 
 
 class Housekeeper(threading.Thread):
@@ -53,12 +64,14 @@ class Housekeeper(threading.Thread):
                     devices=_visible_devices(),
                     current_job_id=current_job["id"],
                 )
-                jobs.reconcile(
-                    self.sessions,
-                    enqueue_training,
-                    requeue_after_seconds=settings.requeue_after_seconds,
-                    max_attempts=settings.max_attempts,
-                )
+                for table, enqueue in ((Job, enqueue_training), (Scene, enqueue_scene)):
+                    jobs.reconcile(
+                        self.sessions,
+                        enqueue,
+                        requeue_after_seconds=settings.requeue_after_seconds,
+                        max_attempts=settings.max_attempts,
+                        table=table,
+                    )
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", self.period)
             if self.stopped.wait(self.period):

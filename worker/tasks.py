@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anyband.queues import TRAIN_TASK
+from anyband.queues import SCENE_TASK, TRAIN_TASK
 from worker.app import WORKER_ID, app, current_job, settings
 
 
@@ -15,3 +15,10 @@ def train(job_id: str) -> str:
         return run_training_job(job_id, settings, WORKER_ID)
     finally:
         current_job["id"] = None
+
+
+@app.task(name=SCENE_TASK, acks_late=True, ignore_result=True)
+def map_scene(scene_id: str) -> str:
+    from anyband.scene_runner import run_scene_job
+
+    return run_scene_job(scene_id, settings, WORKER_ID)

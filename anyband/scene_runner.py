@@ -1,0 +1,74 @@
+"""Runs one scene job for a worker: lease, the model (hash checked), the sliding window, the result."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from anyband import jobs
+from anyband.errors import JobCancelled
+from anyband.paths import model_dir, scene_dir
+from anyband.runner import Lease
+from anyband.settings import Settings
+from anyband.store import Model, Scene, init_db
+
+log = logging.getLogger("anyband.scenes")
+
+SCENE_INPUT = "input.tif"
+SCENE_RESULT = "result.tif"
+
+
+def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
+    """Map scene `scene_id` if no other worker holds it; returns its status afterwards."""
+    from anyband.scenes import classify_scene
+    from anyband.serving import load_served_model
+
+    sessions = init_db(settings.sqlalchemy_url)
+    try:
+        scene = jobs.claim(sessions, scene_id, worker_id, settings.lease_seconds, table=Scene)
+        if scene is None:
+            log.info("scene %s: done or leased by another worker; skipping", scene_id)
+            return _status(sessions, scene_id)
+        with sessions() as session:
+            record = session.get(Model, scene.model_id)
+        folder = scene_dir(settings.data_dir, scene_id)
+        with Lease(sessions, scene_id, worker_id, settings.lease_seconds, table=Scene) as lease:
+            try:
+                if record is None:
+                    raise FileNotFoundError(f"model '{scene.model_id}' no longer exists")
+                served = load_served_model(
+                    record.id, model_dir(settings.data_dir, record.id), record.sha256
+                )
+                classify_scene(
+                    served.predict,
+                    folder / SCENE_INPUT,
+                    folder / SCENE_RESULT,
+                    model_input=served.model_input,
+                    classes=served.classes,
+                    tile_size=served.tile_size,
+                    stride=scene.stride,
+                    max_bytes=settings.max_scene_bytes,
+                    name=scene.filename,
+                    on_progress=lambda done, total: lease.renew(
+                        windows_done=done, windows_total=total
+                    ),
+                    should_stop=lease.lost.is_set,
+                )
+            except JobCancelled:
+                log.info("scene %s: stopped (cancelled or taken over)", scene_id)
+                return _status(sessions, scene_id)
+            except Exception as exc:
+                log.error("scene %s failed:\n%s", scene_id, traceback.format_exc())
+                jobs.fail(sessions, scene_id, worker_id, str(exc), table=Scene)
+                return _status(sessions, scene_id)
+        if jobs.finish_scene(sessions, scene_id, worker_id):
+            (folder / SCENE_INPUT).unlink(missing_ok=True)  # the result is what was asked for
+        return _status(sessions, scene_id)
+    finally:
+        sessions.kw["bind"].dispose()
+
+
+def _status(sessions, scene_id: str) -> str:
+    with sessions() as session:
+        scene = session.get(Scene, scene_id)
+        return scene.status if scene else "missing"

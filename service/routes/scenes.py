@@ -1,0 +1,137 @@
+"""Whole scenes: POST /v1/models/{id}/scenes queues a sliding-window class map; GET its status
+and its result GeoTIFF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from anyband import jobs
+from anyband.errors import InvalidRasterError
+from anyband.inference import ModelInput
+from anyband.paths import model_dir, scene_dir
+from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
+from anyband.scenes import check_scene
+from anyband.store import JOB_SUCCEEDED, Scene, new_id
+from service.broker import enqueue_scene
+from service.deps import SessionDep, SettingsDep, require_api_key
+from service.problems import PROBLEM_RESPONSES, Problem
+from service.routes.models import get_or_404 as get_model_or_404
+from service.schemas import ScenePublic
+from service.uploads import multipart_body, receive_multipart
+
+router = APIRouter(
+    tags=["inference"], dependencies=[Depends(require_api_key)], responses=PROBLEM_RESPONSES
+)
+
+
+@router.post(
+    "/v1/models/{model_id}/scenes",
+    status_code=202,
+    response_model=ScenePublic,
+    operation_id="create_scene",
+    openapi_extra=multipart_body(
+        "one GeoTIFF scene with the dataset's band count",
+        stride={"type": "integer", "description": "window step in px (default: the tile size)"},
+    ),
+)
+async def create_scene(model_id: str, request: Request, response: Response, settings: SettingsDep):
+    with request.app.state.sessions() as session:
+        record = get_model_or_404(session, model_id)
+    upload = await receive_multipart(
+        request, settings.data_dir / "uploads", settings.max_upload_bytes
+    )
+    try:
+        uploaded = upload.file("file")
+        stride = _stride(upload.fields.get("stride"), min(record.tile_size))
+        card_path = model_dir(settings.data_dir, model_id) / "card.json"
+        if not card_path.is_file():
+            raise Problem(409, f"model '{model_id}' cannot be served: its card.json is missing")
+        card = card_path.read_text()
+        model_input = ModelInput.from_card(json.loads(card))
+        try:
+            info = await run_in_threadpool(
+                check_scene,
+                uploaded.path,
+                model_input,
+                tuple(record.tile_size),
+                max_bytes=settings.max_scene_bytes,
+                name=uploaded.filename,
+            )
+        except InvalidRasterError as exc:
+            raise Problem(422, str(exc), errors=[{"field": "file", "message": str(exc)}]) from exc
+        scene_id = new_id()
+        folder = scene_dir(settings.data_dir, scene_id)
+        folder.mkdir(parents=True)
+        shutil.move(uploaded.path, folder / SCENE_INPUT)
+    finally:
+        upload.remove()
+    scene = Scene(
+        id=scene_id,
+        model_id=model_id,
+        filename=uploaded.filename[:300],
+        width=info.width,
+        height=info.height,
+        stride=stride,
+    )
+    sessions = request.app.state.sessions
+    with sessions() as session:
+        session.add(scene)
+        session.commit()
+    if enqueue_scene(request.app.state.celery, scene_id):
+        jobs.mark_enqueued(sessions, scene_id, table=Scene)
+    response.headers["Location"] = f"/v1/scenes/{scene_id}"
+    with sessions() as session:
+        return ScenePublic.model_validate(session.get(Scene, scene_id))
+
+
+@router.get("/v1/scenes/{scene_id}", response_model=ScenePublic, operation_id="get_scene")
+def get_scene(scene_id: str, session: SessionDep):
+    return ScenePublic.model_validate(_get_or_404(session, scene_id))
+
+
+@router.get(
+    "/v1/scenes/{scene_id}/result.tif",
+    operation_id="get_scene_result",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/tiff": {}}}},
+)
+def get_scene_result(scene_id: str, session: SessionDep, settings: SettingsDep):
+    scene = _get_or_404(session, scene_id)
+    if scene.status != JOB_SUCCEEDED:
+        done = (
+            f" ({scene.windows_done} of {scene.windows_total} windows)"
+            if scene.windows_total
+            else ""
+        )
+        raise Problem(409, f"scene '{scene_id}' is {scene.status}{done}; no result yet")
+    path = scene_dir(settings.data_dir, scene_id) / SCENE_RESULT
+    if not path.is_file():
+        raise Problem(404, f"the result of scene '{scene_id}' is missing from storage")
+    return FileResponse(path, media_type="image/tiff", filename=f"{scene_id}-classes.tif")
+
+
+def _stride(value: str | None, tile: int) -> int:
+    if value in (None, ""):
+        return tile
+    try:
+        stride = int(value)
+    except ValueError:
+        stride = 0
+    if not 1 <= stride <= tile:
+        message = (
+            f"stride must be an integer in 1..{tile} (the model's tile size). Received: {value!r}"
+        )
+        raise Problem(422, message, errors=[{"field": "stride", "message": message}])
+    return stride
+
+
+def _get_or_404(session, scene_id: str) -> Scene:
+    scene = session.get(Scene, scene_id)
+    if scene is None:
+        raise Problem(404, f"no scene with id '{scene_id}'")
+    return scene
