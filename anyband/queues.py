@@ -47,6 +47,8 @@ def celery_config(settings: Settings) -> dict:
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # Exchange bindings; kombu's default is ./control, in whatever folder the process runs.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.5,
         }
@@ -62,5 +64,5 @@ def celery_config(settings: Settings) -> dict:
 
 def ensure_broker_dirs(settings: Settings) -> None:
     if is_filesystem_broker(settings):
-        for name in ("queue", "processed"):
+        for name in ("queue", "processed", "control"):
             (settings.broker_dir / name).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ grid, agrees with the model on each window, and keeps nodata as nodata."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,6 +84,9 @@ def test_scene_class_map_keeps_the_grid_and_matches_the_model(stack_factory):
             np.testing.assert_allclose(block[1 + k][valid], expected[i][k], rtol=1e-4, atol=1e-6)
     assert np.all(bands[:, :5, :7] == -1)  # nodata stays nodata, in every band
     assert np.count_nonzero(bands[0] == -1) == 5 * 7
+    # The broker keeps its files in the data directory, not in the current folder.
+    assert not (Path.cwd() / "control").exists()
+    assert (stack.settings.data_dir / "broker" / "control").is_dir()
     # The uploaded scene is not kept once mapped; the result is.
     assert not (stack.settings.data_dir / "scenes" / scene_job["id"] / "input.tif").exists()
 
