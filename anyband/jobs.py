@@ -138,21 +138,22 @@ def renew(
         return result.rowcount == 1
 
 
+def _end(session: Session, table: Leased, job_id: str, owner: str, status: str, **values) -> bool:
+    """Running -> `status`, only for the lease holder; the lease is released."""
+    result = session.execute(
+        update(table)
+        .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
+        .values(
+            status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values
+        )
+    )
+    return result.rowcount == 1
+
+
 def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> bool:
     """Publish the model and mark the job succeeded in one transaction, if it is still ours."""
     with sessions() as session:
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.status == JOB_RUNNING)
-            .values(
-                status=JOB_SUCCEEDED,
-                model_id=model.id,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        if result.rowcount != 1:
+        if not _end(session, Job, job_id, owner, JOB_SUCCEEDED, model_id=model.id):
             session.rollback()
             return False
         session.add(model)
@@ -162,36 +163,16 @@ def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> boo
 
 def finish_scene(sessions: sessionmaker, scene_id: str, owner: str) -> bool:
     with sessions.begin() as session:
-        result = session.execute(
-            update(Scene)
-            .where(Scene.id == scene_id, Scene.lease_owner == owner, Scene.status == JOB_RUNNING)
-            .values(
-                status=JOB_SUCCEEDED,
-                windows_done=Scene.windows_total,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+        return _end(
+            session, Scene, scene_id, owner, JOB_SUCCEEDED, windows_done=Scene.windows_total
         )
-        return result.rowcount == 1
 
 
 def fail(
     sessions: sessionmaker, job_id: str, owner: str, error: str, *, table: Leased = Job
 ) -> bool:
     with sessions.begin() as session:
-        result = session.execute(
-            update(table)
-            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
-            .values(
-                status=JOB_FAILED,
-                error=error,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        )
-        return result.rowcount == 1
+        return _end(session, table, job_id, owner, JOB_FAILED, error=error)
 
 
 def cancel(session: Session, job_id: str) -> bool:
