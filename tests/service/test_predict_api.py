@@ -57,7 +57,8 @@ def api(trained):
 
 def tile_upload(arrays: dict[str, np.ndarray], **kwargs) -> list:
     return [
-        ("files", (name, tile_bytes(array, **kwargs), "image/tiff")) for name, array in arrays.items()
+        ("files", (name, tile_bytes(array, **kwargs), "image/tiff"))
+        for name, array in arrays.items()
     ]
 
 
@@ -106,11 +107,32 @@ def good_tile(seed=0):
 @pytest.mark.parametrize(
     ("files", "status", "needle"),
     [
-        (lambda: tile_upload({"four.tif": good_tile()[..., :4]}), 422, "model expects 6 bands, tile has 4"),
+        (
+            lambda: tile_upload({"four.tif": good_tile()[..., :4]}),
+            422,
+            "model expects 6 bands, tile has 4",
+        ),
         (lambda: tile_upload({"small.tif": good_tile()[:16, :16]}), 422, "at least 32 x 32"),
-        (lambda: [("files", ("c.tif", tile_bytes(np.zeros((32, 32, BANDS), "complex64")), "image/tiff"))], 422, "pixel type complex64"),
-        (lambda: [("files", ("bad.tif", tile_bytes(good_tile())[:300], "image/tiff"))], 422, "bad.tif"),
-        (lambda: [("files", ("vrt.tif", vrt_text("/etc/passwd"), "image/tiff"))], 422, "not a GeoTIFF"),
+        (
+            lambda: [
+                (
+                    "files",
+                    ("c.tif", tile_bytes(np.zeros((32, 32, BANDS), "complex64")), "image/tiff"),
+                )
+            ],
+            422,
+            "pixel type complex64",
+        ),
+        (
+            lambda: [("files", ("bad.tif", tile_bytes(good_tile())[:300], "image/tiff"))],
+            422,
+            "bad.tif",
+        ),
+        (
+            lambda: [("files", ("vrt.tif", vrt_text("/etc/passwd"), "image/tiff"))],
+            422,
+            "not a GeoTIFF",
+        ),
         (lambda: [("other", ("x.tif", tile_bytes(good_tile()), "image/tiff"))], 422, "'files'"),
     ],
     ids=["band-count", "too-small", "complex", "corrupt", "vrt", "no-files"],
