@@ -53,6 +53,12 @@ class MicroBatcher:
         while True:
             pending = [await self._queue.get()]
             waiting = len(pending[0][0])
+            # Whatever queued while the last batch ran joins now, without waiting...
+            while waiting < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                pending.append(item)
+                waiting += len(item[0])
+            # ...then wait a little for more, unless the batch is full.
             deadline = time.monotonic() + self.max_wait_s
             while waiting < self.max_batch:
                 remaining = deadline - time.monotonic()

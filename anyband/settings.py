@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # Serving: trained models kept loaded (LRU), and micro-batching of concurrent predictions.
     model_cache_size: int = Field(default=4, ge=1)
     predict_max_batch: int = Field(default=32, ge=1)
-    predict_batch_wait_ms: float = Field(default=5.0, ge=0)
+    predict_batch_wait_ms: float = Field(default=2.0, ge=0)
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
     # A scene is read window by window, so its budget is far above one tile's.
     max_scene_bytes: int = Field(default=64 * GB, gt=0)

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,34 +186,80 @@ def read_checkpoint(job_dir: Path) -> Checkpoint | None:
         epoch=state["epoch"],
         phase=state["phase"],
         history=state["history"],
-        weights=folder / "model.weights.h5",
+        weights=folder / "weights.npz",
         optimizer=folder / "optimizer.npz",
     )
 
 
-def write_checkpoint(
-    job_dir: Path, model: keras.Model, epoch: int, phase: str, history: list[dict]
-) -> None:
-    """Weights, optimizer state and history after `epoch`; checkpoint.json flips atomically."""
-    job_dir = Path(job_dir)
-    folder = job_dir / f"epoch-{epoch:04d}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    model.save_weights(folder / "model.weights.h5")
-    store: dict[str, np.ndarray] = {}
-    model.optimizer.save_own_variables(store)
-    np.savez(folder / "optimizer.npz", **store)
-    state = {"epoch": epoch, "phase": phase, "history": history, "folder": folder.name}
-    tmp = job_dir / f".{CHECKPOINT_FILE}.tmp"
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, job_dir / CHECKPOINT_FILE)
-    for old in job_dir.glob("epoch-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
+def load_checkpoint_weights(model: keras.Model, checkpoint: Checkpoint) -> None:
+    """Set `model`'s weights from a checkpoint written for a model built the same way."""
+    with np.load(checkpoint.weights) as saved:
+        keys = sorted(saved.files)
+        paths = [key.split(":", 1)[1] for key in keys]
+        expected = [variable.path for variable in model.weights]
+        if paths != expected:
+            raise ValueError(
+                f"checkpoint {checkpoint.weights} holds other weights than this model "
+                f"({len(paths)} saved, {len(expected)} expected)"
+            )
+        model.set_weights([saved[key] for key in keys])
+
+
+class CheckpointWriter:
+    """Writes each epoch's checkpoint (weights, optimizer state, history) in a background thread:
+    the epoch waits only for the in-memory snapshot while the next one trains during the write.
+    At most one write is in flight. `on_written(epoch, row)` runs once a checkpoint is on disk
+    and checkpoint.json points at it, so an epoch reported as done can always be resumed from."""
+
+    def __init__(self, job_dir: Path, on_written: Callable[[int, dict], None]):
+        self.job_dir, self.on_written = Path(job_dir), on_written
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
+
+    def submit(
+        self, model: keras.Model, epoch: int, phase: str, history: list[dict], row: dict
+    ) -> None:
+        self.wait()
+        weights = {
+            f"{i:05d}:{variable.path}": variable.numpy()
+            for i, variable in enumerate(model.weights)
+        }
+        optimizer: dict[str, np.ndarray] = {}
+        model.optimizer.save_own_variables(optimizer)
+        self._pending = self._executor.submit(
+            self._write, weights, optimizer, epoch, phase, list(history), row
+        )
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is written; raise what its write raised."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown()
+
+    def _write(self, weights, optimizer, epoch, phase, history, row) -> None:
+        folder = self.job_dir / f"epoch-{epoch:04d}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        np.savez(folder / "weights.npz", **weights)
+        np.savez(folder / "optimizer.npz", **optimizer)
+        state = {"epoch": epoch, "phase": phase, "history": history, "folder": folder.name}
+        tmp = self.job_dir / f".{CHECKPOINT_FILE}.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.job_dir / CHECKPOINT_FILE)
+        for old in self.job_dir.glob("epoch-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        self.on_written(epoch, row)
 
 
 class _JobCallback(keras.callbacks.Callback):
-    """Per batch: stop when asked. Per epoch: history, checkpoint, then progress."""
+    """Per batch: stop when asked. Per epoch: history, then checkpoint and progress."""
 
     def __init__(self, run: _Run, phase: str, learning_rate: float):
         super().__init__()
@@ -229,14 +276,15 @@ class _JobCallback(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "phase": self.phase, "learning_rate": self.learning_rate}
         row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         self.run.history.append(row)
-        if self.run.job_dir is not None:
-            write_checkpoint(self.run.job_dir, self.model, epoch + 1, self.phase, self.run.history)
-        self.run.on_epoch(epoch + 1, row)
+        if self.run.checkpoints is not None:
+            self.run.checkpoints.submit(self.model, epoch + 1, self.phase, self.run.history, row)
+        else:
+            self.run.on_epoch(epoch + 1, row)
 
 
 @dataclass
 class _Run:
-    job_dir: Path | None
+    checkpoints: CheckpointWriter | None
     should_stop: Callable[[], bool]
     on_epoch: Callable[[int, dict], None]
     history: list[dict] = field(default_factory=list)
@@ -271,19 +319,31 @@ def train(
     mean = np.asarray(summary["band_stats"]["mean"], dtype="float64")[band_index]
     std = np.asarray(summary["band_stats"]["std"], dtype="float64")[band_index]
     std = np.where(std > 0, std, 1.0)  # a constant band: centre it, leave the scale alone
-    train_index, val_index = stratified_split(labels, spec.val_fraction, spec.seed)
 
     job_dir = Path(job_dir) if job_dir is not None else None
     if job_dir is not None:
         job_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = read_checkpoint(job_dir) if job_dir is not None else None
     start = checkpoint.epoch if checkpoint else 0
+    on_epoch = on_epoch or (lambda epoch, row: None)
     run = _Run(
-        job_dir=job_dir,
+        checkpoints=CheckpointWriter(job_dir, on_epoch) if job_dir is not None else None,
         should_stop=should_stop or (lambda: False),
-        on_epoch=on_epoch or (lambda epoch, row: None),
+        on_epoch=on_epoch,
         history=list(checkpoint.history) if checkpoint else [],
     )
+    try:
+        return _train(spec, run, tiles, labels, summary, bands, mean, std, checkpoint, start,
+                      weights=weights, devices=devices, verbose=verbose)  # fmt: skip
+    finally:
+        if run.checkpoints is not None:
+            run.checkpoints.close()  # every epoch trained is on disk before we return or raise
+
+
+def _train(spec, run, tiles, labels, summary, bands, mean, std, checkpoint, start, *,
+           weights, devices, verbose) -> TrainingResult:  # fmt: skip
+    band_index = [b - 1 for b in bands]
+    train_index, val_index = stratified_split(labels, spec.val_fraction, spec.seed)
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(spec.seed + start)  # a resumed run does not replay epoch 1's draws
@@ -311,7 +371,7 @@ def train(
             seed=spec.seed,
         )
         if checkpoint is not None:
-            model.load_weights(checkpoint.weights)
+            load_checkpoint_weights(model, checkpoint)
             log.info("resuming after epoch %d of %d", start, spec.epochs)
         for phase, first, end, learning_rate in phases(spec):
             if end <= start:
@@ -335,6 +395,8 @@ def train(
             )
             if run.stopped:
                 raise JobCancelled("training stopped on request")
+        if run.checkpoints is not None:
+            run.checkpoints.wait()  # the last epoch's checkpoint and progress are written
         probabilities = model.predict(val_ds, verbose=0)
     return TrainingResult(
         model=_serving_copy(model, spec, len(summary["classes"]), mean, std),

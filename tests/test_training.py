@@ -21,6 +21,7 @@ from anyband.training import (
     PHASE_FROZEN,
     augment_batch,
     dtype_policy,
+    load_checkpoint_weights,
     phases,
     precision_policy,
     read_checkpoint,
@@ -173,7 +174,7 @@ def test_stopped_training_resumes_from_its_checkpoint(dataset_dir, tmp_path):
     assert getattr(result.model, "optimizer", None) is None
     assert result.model.get_layer("predictions").compute_dtype == "float32"
     last = build_classifier(4, 3, weights="none", band_mean=[0] * 4, band_std=[1] * 4)
-    last.load_weights(read_checkpoint(job_dir).weights)
+    load_checkpoint_weights(last, read_checkpoint(job_dir))
     for saved, served in zip(last.get_weights(), result.model.get_weights(), strict=True):
         if saved.shape == served.shape and saved.size > 4:  # all but normalization's stats
             np.testing.assert_array_equal(saved, served)
@@ -186,11 +187,14 @@ def test_checkpoint_weights_are_the_weights_training_continues_from(dataset_dir,
     result = train(spec, dataset_dir, weights="none", job_dir=job_dir)
     checkpoint = read_checkpoint(job_dir)
     restored = build_classifier(4, 3, weights="none", band_mean=[0] * 4, band_std=[1] * 4)
-    restored.load_weights(checkpoint.weights)
+    load_checkpoint_weights(restored, checkpoint)
     head = result.model.get_layer("predictions").get_weights()
     assert np.array_equal(restored.get_layer("predictions").get_weights()[0], head[0])
     with np.load(checkpoint.optimizer) as optimizer_state:
         assert len(optimizer_state.files) > 2  # Adam's moments for conv1 and the head
+    other = build_classifier(5, 3, weights="none")  # same layers, a 5-band conv1
+    with pytest.raises(ValueError, match=r"\(7, 7, 5, 64\) is not compatible"):
+        load_checkpoint_weights(other, checkpoint)
     summary = json.loads((dataset_dir / "dataset.json").read_text())
     assert result.classes == summary["classes"]
 

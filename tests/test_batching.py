@@ -1,0 +1,112 @@
+"""MicroBatcher: callers share model calls, each gets its own rows, shapes never mix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from anyband.batching import MicroBatcher
+
+
+def tile_sums(batch: np.ndarray) -> np.ndarray:
+    """A stand-in model whose answer identifies its input: the sum of each tile."""
+    time.sleep(0.05)  # long enough for other requests to queue meanwhile
+    return batch.sum(axis=(1, 2, 3))[:, np.newaxis]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_each_caller_gets_the_rows_of_its_own_tiles():
+    async def go():
+        batcher = MicroBatcher(tile_sums, max_batch=64, max_wait_s=0.02)
+        tiles = [np.full((n, 4, 4, 2), float(i)) for i, n in enumerate([1, 3, 2, 1, 5], start=1)]
+        results = await asyncio.gather(*(batcher.submit(t) for t in tiles))
+        await batcher.close()
+        return tiles, results, batcher.batch_sizes
+
+    tiles, results, batch_sizes = run(go())
+    for tile, result in zip(tiles, results, strict=True):
+        np.testing.assert_array_equal(result[:, 0], tile.sum(axis=(1, 2, 3)))
+    assert batch_sizes == [12]  # all five requests answered by one call
+
+
+def test_requests_queued_during_a_call_form_the_next_batch_without_waiting():
+    async def go():
+        executor = ThreadPoolExecutor(1)
+        batcher = MicroBatcher(tile_sums, max_batch=32, max_wait_s=0.0, executor=executor)
+        first = asyncio.ensure_future(batcher.submit(np.ones((1, 4, 4, 1))))
+        await asyncio.sleep(0.01)  # the first call is running now
+        later = [batcher.submit(np.full((1, 4, 4, 1), float(i))) for i in range(10)]
+        results = await asyncio.gather(first, *later)
+        await batcher.close()
+        executor.shutdown()
+        return results, batcher.batch_sizes
+
+    results, batch_sizes = run(go())
+    assert batch_sizes == [1, 10]
+    assert [float(r[0, 0]) for r in results[1:]] == [16.0 * i for i in range(10)]
+
+
+def test_tiles_of_different_sizes_are_never_stacked_together():
+    async def go():
+        batcher = MicroBatcher(tile_sums, max_batch=64, max_wait_s=0.02)
+        small, large = np.ones((2, 32, 32, 3)), np.ones((1, 48, 64, 3))
+        results = await asyncio.gather(batcher.submit(small), batcher.submit(large))
+        await batcher.close()
+        return results, sorted(batcher.batch_sizes)
+
+    (small, large), batch_sizes = run(go())
+    assert small[:, 0].tolist() == [32 * 32 * 3] * 2 and large[:, 0].tolist() == [48 * 64 * 3]
+    assert batch_sizes == [1, 2]
+
+
+def test_large_requests_are_split_at_max_batch():
+    async def go():
+        batcher = MicroBatcher(tile_sums, max_batch=4, max_wait_s=0.0)
+        tiles = np.arange(10, dtype=float).reshape(10, 1, 1, 1)
+        result = await batcher.submit(tiles)
+        await batcher.close()
+        return result, batcher.batch_sizes
+
+    result, batch_sizes = run(go())
+    assert result[:, 0].tolist() == list(range(10))
+    assert batch_sizes == [4, 4, 2]
+
+
+def test_a_failing_call_fails_every_caller_of_that_batch_and_the_next_batch_works():
+    calls = []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return batch.sum(axis=(1, 2, 3))[:, np.newaxis]
+
+    async def go():
+        batcher = MicroBatcher(flaky, max_batch=8, max_wait_s=0.02)
+        failed = await asyncio.gather(
+            batcher.submit(np.ones((1, 2, 2, 1))),
+            batcher.submit(np.ones((1, 2, 2, 1))),
+            return_exceptions=True,
+        )
+        ok = await batcher.submit(np.ones((1, 2, 2, 1)))
+        await batcher.close()
+        return failed, ok
+
+    failed, ok = run(go())
+    assert all(isinstance(f, RuntimeError) and "device lost" in str(f) for f in failed)
+    assert ok[0, 0] == 4.0
+
+
+def test_max_batch_must_be_positive():
+    async def go():
+        MicroBatcher(tile_sums, max_batch=0, max_wait_s=0.0)
+
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        run(go())
