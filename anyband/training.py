@@ -221,8 +221,7 @@ class CheckpointWriter:
     ) -> None:
         self.wait()
         weights = {
-            f"{i:05d}:{variable.path}": variable.numpy()
-            for i, variable in enumerate(model.weights)
+            f"{i:05d}:{variable.path}": variable.numpy() for i, variable in enumerate(model.weights)
         }
         optimizer: dict[str, np.ndarray] = {}
         model.optimizer.save_own_variables(optimizer)
