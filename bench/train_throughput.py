@@ -42,6 +42,7 @@ import tensorflow as tf
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+import anyband
 from anyband.datasets import DatasetLimits, ingest_dataset_zip, load_training_cache
 from anyband.jobspec import JobSpec
 from anyband.model import build_classifier
@@ -54,7 +55,6 @@ from anyband.training import (
     set_phase,
     stratified_split,
     train,
-    write_checkpoint,
 )
 
 # The project's target for the job's training throughput, as a fraction of plain fit's.
@@ -72,6 +72,7 @@ class Measurement:
     path: str
     epoch_seconds: list[float]  # every epoch, the first (tracing) included
     train_tiles: int
+    checkpoint_mb: float | None = None  # the job's last checkpoint on disk
 
     @property
     def timed_epoch_seconds(self) -> float:
@@ -206,14 +207,15 @@ def measure_raw(spec: JobSpec, dataset_dir: Path) -> Measurement:
 def measure_job(
     spec: JobSpec, dataset_dir: Path, job_dir: Path | None, path: str = "job anyband.training.train"
 ) -> Measurement:
-    """`train` as a job calls it; its epoch ends after the checkpoint and before progress."""
+    """`train` as a job calls it, timed by its progress callback: each epoch's progress comes
+    once its checkpoint is written."""
     if job_dir is not None:
         shutil.rmtree(job_dir, ignore_errors=True)  # no checkpoint to resume from
     _, labels, _ = load_training_cache(dataset_dir)
     train_index, _ = stratified_split(labels, spec.val_fraction, spec.seed)
     marks: list[float] = []
     # train() builds its model before fit starts, so epoch 1 has no start mark here; it is left
-    # out of the figure anyway. Epochs 2..E are end-to-end, checkpoint writes included.
+    # out of the figure anyway. Epochs 2..E run progress to progress, checkpoint writes included.
     train(
         spec,
         dataset_dir,
@@ -222,7 +224,11 @@ def measure_job(
         on_epoch=lambda epoch, row: marks.append(time.perf_counter()),
     )
     seconds = [float("nan")] + [end - start for start, end in itertools.pairwise(marks)]
-    return Measurement(path, seconds, len(train_index))
+    checkpoint_mb = None
+    if job_dir is not None:
+        files = [file for file in job_dir.rglob("*") if file.is_file()]
+        checkpoint_mb = sum(file.stat().st_size for file in files) / 2**20
+    return Measurement(path, seconds, len(train_index), checkpoint_mb)
 
 
 # ---------------------------------------------------------------- breakdown
@@ -247,9 +253,8 @@ def pipeline_images_per_second(
     return passes * len(train_index) / (time.perf_counter() - start)
 
 
-def measure_fit_on_job_dataset(spec: JobSpec, dataset_dir: Path, checkpoint_dir: Path) -> tuple:
-    """Plain `fit` on the job's tf.data (no job callback), then the job's checkpoint write timed
-    on the trained model: (measurement, {part: seconds}, checkpoint MB)."""
+def measure_fit_on_job_dataset(spec: JobSpec, dataset_dir: Path) -> Measurement:
+    """Plain `fit` on the job's tf.data (augmented as the spec says), with no job callback."""
     tiles, labels, summary = load_training_cache(dataset_dir)
     train_index, val_index = stratified_split(labels, spec.val_fraction, spec.seed)
     bands = range(tiles.shape[-1])
@@ -272,38 +277,17 @@ def measure_fit_on_job_dataset(spec: JobSpec, dataset_dir: Path, checkpoint_dir:
             shuffle=False,
             verbose=0,
         )
-        parts: dict[str, list[float]] = {"checkpoint": [], "weights .h5": [], "optimizer .npz": []}
-        for epoch in range(1, 4):
-            start = time.perf_counter()
-            write_checkpoint(checkpoint_dir, model, epoch, PHASE_FINE_TUNE, [])
-            parts["checkpoint"].append(time.perf_counter() - start)
-        folder = checkpoint_dir / "parts"
-        folder.mkdir()
-        for _ in range(3):  # the two writes inside write_checkpoint, one at a time
-            start = time.perf_counter()
-            model.save_weights(folder / "model.weights.h5")
-            parts["weights .h5"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            store: dict[str, np.ndarray] = {}
-            model.optimizer.save_own_variables(store)
-            np.savez(folder / "optimizer.npz", **store)
-            parts["optimizer .npz"].append(time.perf_counter() - start)
-    megabytes = sum(p.stat().st_size for p in checkpoint_dir.glob("epoch-*/*")) / 2**20
-    seconds = {part: statistics.median(values) for part, values in parts.items()}
-    measurement = Measurement("fit on the job's tf.data", clock.epoch_seconds, len(train_index))
-    return measurement, seconds, megabytes
+    return Measurement("fit on the job's tf.data", clock.epoch_seconds, len(train_index))
 
 
-def breakdown(spec: JobSpec, dataset_dir: Path, root: Path, raw: Measurement, job: Measurement):
+def breakdown(spec: JobSpec, dataset_dir: Path, raw: Measurement, job: Measurement) -> dict:
     """Where the job's epoch goes: each step from plain fit towards the job adds one cost."""
     print("\nbreakdown: measuring ...", flush=True)
     pipeline = {
         augment: pipeline_images_per_second(spec, dataset_dir, augment=augment)
         for augment in {False, spec.augment}
     }
-    fit_tf_data, checkpoint_seconds, checkpoint_mb = measure_fit_on_job_dataset(
-        spec, dataset_dir, root / "checkpoint"
-    )
+    fit_tf_data = measure_fit_on_job_dataset(spec, dataset_dir)
     keras.backend.clear_session()
     no_checkpoint = measure_job(spec, dataset_dir, None, "job without checkpoints")
     keras.backend.clear_session()
@@ -322,15 +306,12 @@ def breakdown(spec: JobSpec, dataset_dir: Path, root: Path, raw: Measurement, jo
     for augment, rate in sorted(pipeline.items()):
         print(f"job's tf.data alone, augment={augment}: {rate:.0f} images/s (no model)")
     print(
-        f"checkpoint write: {checkpoint_seconds['checkpoint']:.2f}s for {checkpoint_mb:.0f} MB "
-        f"(weights .h5 {checkpoint_seconds['weights .h5']:.2f}s, optimizer .npz "
-        f"{checkpoint_seconds['optimizer .npz']:.2f}s), medians of 3"
+        "each row adds one thing to the one above: the job's tf.data and augmentation; then the "
+        "job's\ncallback and train() itself; then checkpoints. + s/epoch is its cost per epoch."
     )
     return {
         "measurements": [_figures(row) for row in rows],
         "pipeline_images_per_second": {f"augment={k}": v for k, v in pipeline.items()},
-        "checkpoint_seconds": checkpoint_seconds,
-        "checkpoint_mb": checkpoint_mb,
     }
 
 
@@ -349,7 +330,7 @@ def report(setup: dict, rounds: list[tuple[Measurement, Measurement]]) -> dict:
         print(f"{key:<18} {value}")
     print(
         "images/s: training tiles per epoch over the median epoch time, epochs 2..E. Both paths'\n"
-        "epoch times include the same validation pass; the job's also its checkpoint write."
+        "epoch times include the same validation pass; the job's also what its checkpoint costs."
     )
     if len(rounds) > 1:
         print(f"medians over {len(rounds)} rounds, raw first in each")
@@ -369,6 +350,8 @@ def report(setup: dict, rounds: list[tuple[Measurement, Measurement]]) -> dict:
             f"round {i}: ratio {job.images_per_second / raw.images_per_second:.3f}; epoch "
             f"seconds raw {_seconds(raw.epoch_seconds)}, job {_seconds(job.epoch_seconds)}"
         )
+    checkpoint_mb = statistics.median(job.checkpoint_mb for _, job in rounds)
+    print(f"the job's checkpoint on disk: {checkpoint_mb:.0f} MB, rewritten every epoch")
     print(
         f"fastest epoch of each path, raw over job: {fastest_ratio:.3f} (the same ratio, less "
         "disturbed by other work on the machine)"
@@ -453,11 +436,12 @@ def run(args: argparse.Namespace) -> None:
             # Other work on the machine slows whichever path runs beside it: rerun if this is high.
             "load average": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (1 min)",
             "python": platform.python_version(),
+            "anyband": str(Path(anyband.__file__).parent),
         }
         results = report(setup, rounds)
         if args.breakdown:
             raw, job = rounds[-1]
-            results["breakdown"] = breakdown(spec, dataset_dir, root, raw, job)
+            results["breakdown"] = breakdown(spec, dataset_dir, raw, job)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
