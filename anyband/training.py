@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,40 +207,68 @@ def load_checkpoint_weights(model: keras.Model, checkpoint: Checkpoint) -> None:
 
 
 class CheckpointWriter:
-    """Writes each epoch's checkpoint (weights, optimizer state, history) in a background thread:
-    the epoch waits only for the in-memory snapshot while the next one trains during the write.
-    At most one write is in flight. `on_written(epoch, row)` runs once a checkpoint is on disk
-    and checkpoint.json points at it, so an epoch reported as done can always be resumed from."""
+    """Writes epoch checkpoints (weights, optimizer state, history) in a background thread, so
+    an epoch waits only for its in-memory snapshot. Latest wins: if the disk is still writing
+    when another epoch ends, the newest snapshot replaces any older one still waiting, so
+    training never waits on a slow disk (at most two snapshots are held). `on_written(epoch,
+    row)` runs once a checkpoint is on disk and checkpoint.json points at it, so an epoch
+    reported as done can always be resumed from."""
 
     def __init__(self, job_dir: Path, on_written: Callable[[int, dict], None]):
         self.job_dir, self.on_written = Path(job_dir), on_written
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending: Future | None = None
+        self._lock = threading.Condition()
+        self._waiting: tuple | None = None
+        self._busy = False
+        self._error: BaseException | None = None
 
     def submit(
         self, model: keras.Model, epoch: int, phase: str, history: list[dict], row: dict
     ) -> None:
-        self.wait()
+        self._raise_error()
         weights = {
             f"{i:05d}:{variable.path}": variable.numpy() for i, variable in enumerate(model.weights)
         }
         optimizer: dict[str, np.ndarray] = {}
         model.optimizer.save_own_variables(optimizer)
-        self._pending = self._executor.submit(
-            self._write, weights, optimizer, epoch, phase, list(history), row
-        )
+        with self._lock:
+            self._waiting = (weights, optimizer, epoch, phase, list(history), row)
+            if not self._busy:
+                self._busy = True
+                self._executor.submit(self._drain)
 
     def wait(self) -> None:
-        """Block until the last checkpoint is written; raise what its write raised."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        """Block until every submitted checkpoint is written; raise what a write raised."""
+        with self._lock:
+            while self._busy:
+                self._lock.wait()
+        self._raise_error()
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
             self._executor.shutdown()
+
+    def _raise_error(self) -> None:
+        with self._lock:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                item, self._waiting = self._waiting, None
+                if item is None or self._error is not None:
+                    self._busy = False
+                    self._lock.notify_all()
+                    return
+            try:
+                self._write(*item)
+            except BaseException as exc:
+                with self._lock:
+                    self._error = exc
 
     def _write(self, weights, optimizer, epoch, phase, history, row) -> None:
         folder = self.job_dir / f"epoch-{epoch:04d}"

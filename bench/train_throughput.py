@@ -213,17 +213,22 @@ def measure_job(
         shutil.rmtree(job_dir, ignore_errors=True)  # no checkpoint to resume from
     _, labels, _ = load_training_cache(dataset_dir)
     train_index, _ = stratified_split(labels, spec.val_fraction, spec.seed)
-    marks: list[float] = []
+    marks: list[tuple[int, float]] = []
     # train() builds its model before fit starts, so epoch 1 has no start mark here; it is left
-    # out of the figure anyway. Epochs 2..E run progress to progress, checkpoint writes included.
+    # out of the figure anyway. Epochs 2..E run progress to progress, checkpoint writes included
+    # (progress comes once a checkpoint is on disk; when the disk lags, a checkpoint can cover
+    # two epochs, whose time is then shared between them). The last epoch's mark comes after
+    # its own checkpoint, which nothing overlaps: the job's whole tail is counted.
     train(
         spec,
         dataset_dir,
         weights=WEIGHTS,
         job_dir=job_dir,
-        on_epoch=lambda epoch, row: marks.append(time.perf_counter()),
+        on_epoch=lambda epoch, row: marks.append((epoch, time.perf_counter())),
     )
-    seconds = [float("nan")] + [end - start for start, end in itertools.pairwise(marks)]
+    seconds = [float("nan")] * (marks[0][0] if marks else 1)
+    for (first, start), (last, end) in itertools.pairwise(marks):
+        seconds += [(end - start) / (last - first)] * (last - first)
     checkpoint_mb = None
     if job_dir is not None:
         files = [file for file in job_dir.rglob("*") if file.is_file()]

@@ -225,3 +225,54 @@ def test_training_mirrors_across_two_logical_devices(dataset_dir, tmp_path):
     line = next(row for row in done.stdout.splitlines() if row.startswith("REPLICAS"))
     _, replicas, _, epochs, _, loss = line.split()
     assert int(replicas) == 2 and int(epochs) == 1 and np.isfinite(float(loss))
+
+
+def _small_compiled_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")], name="m")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def test_checkpoint_writer_keeps_the_newest_snapshot_while_the_disk_is_busy(tmp_path):
+    import threading
+
+    from anyband.training import CheckpointWriter
+
+    model = _small_compiled_model()
+    release, busy, written = threading.Event(), threading.Event(), []
+
+    def on_written(epoch, row):
+        written.append(epoch)
+        busy.set()
+        release.wait(10)  # the first write is slow: the disk is busy
+
+    writer = CheckpointWriter(tmp_path, on_written)
+    history = []
+    for epoch in (1, 2, 3):
+        model.layers[0].kernel.assign(np.full((3, 2), float(epoch), dtype="float32"))
+        history.append({"epoch": epoch})
+        writer.submit(model, epoch, PHASE_FINE_TUNE, history, {"epoch": epoch})
+        if epoch == 1:
+            assert busy.wait(10)  # epoch 1 is being written when epochs 2 and 3 end
+    release.set()
+    writer.close()
+    assert written == [1, 3]  # epoch 2's snapshot was superseded before the disk was free
+    checkpoint = read_checkpoint(tmp_path)
+    assert checkpoint.epoch == 3 and [row["epoch"] for row in checkpoint.history] == [1, 2, 3]
+    restored = _small_compiled_model()
+    load_checkpoint_weights(restored, checkpoint)
+    assert np.all(restored.layers[0].kernel.numpy() == 3.0)
+    assert [p.name for p in tmp_path.glob("epoch-*")] == ["epoch-0003"]
+
+
+def test_checkpoint_writer_reports_a_failed_write_to_the_trainer(tmp_path):
+    from anyband.training import CheckpointWriter
+
+    def on_written(epoch, row):
+        raise OSError("No space left on device")
+
+    writer = CheckpointWriter(tmp_path, on_written)
+    writer.submit(_small_compiled_model(), 1, PHASE_FINE_TUNE, [{"epoch": 1}], {"epoch": 1})
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
