@@ -19,7 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from anyband.errors import ModelFileMismatchError
 
 MODEL_FILE = "model.keras"
-ARTIFACT_NAMES = ("model.keras", "metrics.json", "history.csv", "curves.png", "card.json")
+CARD_FILE = "card.json"
+ARTIFACT_NAMES = (MODEL_FILE, "metrics.json", "history.csv", "curves.png", CARD_FILE)
 ARTIFACT_MEDIA_TYPES: dict[str, str] = {
     "model.keras": "application/octet-stream",
     "metrics.json": "application/json",
@@ -192,3 +193,8 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> Path:
             f"(expected {expected[:12]}..., found {actual[:12]}...); refusing to use it"
         )
     return path
+
+
+def read_card(model_folder: str | os.PathLike) -> dict:
+    """A published model's card.json: what it reads (bands, band stats, nodata) and answers."""
+    return json.loads((Path(model_folder) / CARD_FILE).read_text())

@@ -19,7 +19,6 @@ from anyband.store import (
     JOB_QUEUED,
     JOB_RUNNING,
     JOB_SUCCEEDED,
-    JOB_TERMINAL,
     Job,
     Model,
     Scene,
@@ -260,10 +259,6 @@ def reconcile(
         enqueue(job_id)
         mark_enqueued(sessions, job_id, table=table)
     return requeued
-
-
-def is_terminal(status: str) -> bool:
-    return status in JOB_TERMINAL
 
 
 def beat_worker(

@@ -12,6 +12,7 @@ TRAIN_TASK = "anyband.train"
 SCENE_QUEUE = "scenes"
 SCENE_TASK = "anyband.scene"
 WORKER_QUEUES = (TRAIN_QUEUE, SCENE_QUEUE)
+TASK_QUEUES = {TRAIN_TASK: TRAIN_QUEUE, SCENE_TASK: SCENE_QUEUE}
 
 
 def is_filesystem_broker(settings: Settings) -> bool:
@@ -24,7 +25,7 @@ def celery_config(settings: Settings) -> dict:
         "broker_url": settings.celery_broker_url,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": TRAIN_QUEUE,
-        "task_routes": {TRAIN_TASK: {"queue": TRAIN_QUEUE}, SCENE_TASK: {"queue": SCENE_QUEUE}},
+        "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         # The job row is the record; the message is only a wake-up call for a worker.
         "task_ignore_result": True,
         "result_backend": None,

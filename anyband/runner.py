@@ -10,6 +10,7 @@ from pathlib import Path
 
 from anyband import jobs
 from anyband.artifacts import (
+    CARD_FILE,
     MODEL_FILE,
     classification_metrics,
     plot_curves,
@@ -197,7 +198,7 @@ def _publish(job_id: str, spec: JobSpec, result, sessions, settings: Settings) -
             "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "num_samples")},
             "spec": spec.model_dump(mode="json"),
         }
-        write_json(staging / "card.json", card)
+        write_json(staging / CARD_FILE, card)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

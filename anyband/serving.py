@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from anyband.artifacts import MODEL_FILE, verify_sha256
+from anyband.artifacts import MODEL_FILE, read_card, verify_sha256
 from anyband.inference import ModelInput
 from anyband.saving import load_model
-
-CARD_FILE = "card.json"
 
 
 @dataclass
@@ -38,7 +35,7 @@ class ServedModel:
 def load_served_model(model_id: str, folder: Path, sha256: str) -> ServedModel:
     """Load a worker-written model: only if model.keras still hashes to its record, safe mode."""
     path = verify_sha256(Path(folder) / MODEL_FILE, sha256)
-    card = json.loads((Path(folder) / CARD_FILE).read_text())
+    card = read_card(folder)
     model = load_model(path)
     channels = model.input_shape[-1]
     # One trace for every batch size and tile size: no retracing per request.
@@ -93,7 +90,3 @@ class ModelCache:
     def __contains__(self, model_id: str) -> bool:
         with self._lock:
             return model_id in self._models
-
-    def evict(self, model_id: str) -> None:
-        with self._lock:
-            self._models.pop(model_id, None)

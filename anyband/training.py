@@ -27,7 +27,6 @@ log = logging.getLogger("anyband.training")
 PHASE_FROZEN = "frozen"  # conv1 and the head train; the rest of the backbone is frozen
 PHASE_FINE_TUNE = "fine_tune"  # every layer trains except BatchNorm (kept in inference mode)
 CHECKPOINT_FILE = "checkpoint.json"
-STOP_CHECK_EVERY_BATCHES = 1  # reading a threading.Event is free; check after every batch
 
 
 @dataclass
@@ -294,7 +293,7 @@ class _JobCallback(keras.callbacks.Callback):
         self.run, self.phase, self.learning_rate = run, phase, learning_rate
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch % STOP_CHECK_EVERY_BATCHES == 0 and self.run.should_stop():
+        if self.run.should_stop():  # reading a threading.Event is free: every batch
             self.model.stop_training = True
             self.run.stopped = True
 

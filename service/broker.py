@@ -6,14 +6,7 @@ import logging
 
 from celery import Celery
 
-from anyband.queues import (
-    SCENE_QUEUE,
-    SCENE_TASK,
-    TRAIN_QUEUE,
-    TRAIN_TASK,
-    celery_config,
-    ensure_broker_dirs,
-)
+from anyband.queues import TASK_QUEUES, celery_config, ensure_broker_dirs
 from anyband.settings import Settings
 
 log = logging.getLogger("anyband.service")
@@ -26,24 +19,14 @@ def make_client(settings: Settings) -> Celery:
     return client
 
 
-def enqueue_training(client: Celery, job_id: str) -> bool:
-    """Send the job's wake-up message. False if the broker refused: the job stays queued in the
-    database and a worker's reconciler enqueues it again, so nothing is lost."""
+def enqueue(client: Celery, task: str, record_id: str) -> bool:
+    """Send a job's (or scene's) wake-up message to its task's queue. False if the broker
+    refused: the row stays queued in the database and a worker's reconciler enqueues it again,
+    so nothing is lost."""
     try:
-        client.send_task(TRAIN_TASK, args=[job_id], queue=TRAIN_QUEUE, retry=True)
+        client.send_task(task, args=[record_id], queue=TASK_QUEUES[task], retry=True)
     except Exception:
-        log.exception("job %s: could not reach the broker; a worker will enqueue it later", job_id)
-        return False
-    return True
-
-
-def enqueue_scene(client: Celery, scene_id: str) -> bool:
-    try:
-        client.send_task(SCENE_TASK, args=[scene_id], queue=SCENE_QUEUE, retry=True)
-    except Exception:
-        log.exception(
-            "scene %s: could not reach the broker; a worker will enqueue it later", scene_id
-        )
+        log.exception("%s %s: broker unreachable; a worker will enqueue it later", task, record_id)
         return False
     return True
 

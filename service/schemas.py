@@ -11,6 +11,11 @@ from anyband.jobspec import JobSpec
 from anyband.store import Job, Scene
 
 
+def _columns(schema: type[BaseModel], row) -> dict:
+    """The row's attributes the schema shares by name; the rest each schema derives itself."""
+    return {name: getattr(row, name) for name in schema.model_fields if hasattr(row, name)}
+
+
 class BandStats(BaseModel):
     mean: list[float]
     std: list[float]
@@ -88,7 +93,7 @@ class JobPublic(BaseModel):
     def _progress_from_row(cls, data):
         if isinstance(data, Job):
             return {
-                **{name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)},
+                **_columns(cls, data),
                 "progress": {"epoch": data.epoch, "epochs": data.epochs, "metrics": data.metrics},
             }
         return data
@@ -164,7 +169,7 @@ class ScenePublic(BaseModel):
         if isinstance(data, Scene):
             total = data.windows_total or 0
             return {
-                **{name: getattr(data, name) for name in cls.model_fields if hasattr(data, name)},
+                **_columns(cls, data),
                 "progress": {
                     "windows_done": data.windows_done,
                     "windows_total": total,

@@ -10,8 +10,9 @@ from sqlalchemy import func, select
 from anyband import jobs
 from anyband.errors import IdempotencyConflict, InvalidJobSpecError
 from anyband.jobspec import JobSpec, resolve_spec
+from anyband.queues import TRAIN_TASK
 from anyband.store import JOB_STATUSES, Dataset, Job, WeightsFile
-from service.broker import enqueue_training
+from service.broker import enqueue
 from service.deps import SessionDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import JobPublic, JobsPublic
@@ -54,7 +55,7 @@ def create_job(
         job, created = jobs.create_job(session, spec, idempotency_key)
     except IdempotencyConflict as exc:
         raise Problem(409, str(exc), job_id=exc.job_id) from exc
-    if created and enqueue_training(request.app.state.celery, job.id):
+    if created and enqueue(request.app.state.celery, TRAIN_TASK, job.id):
         jobs.mark_enqueued(request.app.state.sessions, job.id)
         session.refresh(job)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

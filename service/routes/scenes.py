@@ -3,7 +3,6 @@ and its result GeoTIFF."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -11,13 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from anyband import jobs
+from anyband.artifacts import read_card
 from anyband.errors import InvalidRasterError
 from anyband.inference import ModelInput
 from anyband.paths import model_dir, scene_dir
+from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
 from anyband.scenes import check_scene
 from anyband.store import JOB_SUCCEEDED, Scene, new_id
-from service.broker import enqueue_scene
+from service.broker import enqueue
 from service.deps import SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404 as get_model_or_404
@@ -48,11 +49,11 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
     try:
         uploaded = upload.file("file")
         stride = _stride(upload.fields.get("stride"), min(record.tile_size))
-        card_path = model_dir(settings.data_dir, model_id) / "card.json"
-        if not card_path.is_file():
-            raise Problem(409, f"model '{model_id}' cannot be served: its card.json is missing")
-        card = card_path.read_text()
-        model_input = ModelInput.from_card(json.loads(card))
+        try:
+            card = read_card(model_dir(settings.data_dir, model_id))
+        except FileNotFoundError as exc:
+            raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
+        model_input = ModelInput.from_card(card)
         try:
             info = await run_in_threadpool(
                 check_scene,
@@ -82,7 +83,7 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
     with sessions() as session:
         session.add(scene)
         session.commit()
-    if enqueue_scene(request.app.state.celery, scene_id):
+    if enqueue(request.app.state.celery, SCENE_TASK, scene_id):
         jobs.mark_enqueued(sessions, scene_id, table=Scene)
     response.headers["Location"] = f"/v1/scenes/{scene_id}"
     with sessions() as session:
