@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
 import numpy as np
@@ -18,7 +17,11 @@ class MicroBatcher:
     and hands each caller its own rows, the way TensorFlow Serving's batching does.
 
     While a batch runs, new requests queue up and form the next batch, so batches grow with load.
-    Created inside a running event loop; one per served model.
+    Callers that announce themselves with `expecting()` while they are still receiving and
+    reading their tiles are waited for, up to `max_hold_s` after the batch began to form: under
+    load, a batch does not leave with two tiles while fourteen more are being decoded. A batch
+    never waits for a request the server has not begun to read. Created inside a running event
+    loop; one per served model.
     """
 
     def __init__(
@@ -27,21 +30,42 @@ class MicroBatcher:
         *,
         max_batch: int,
         max_wait_s: float,
+        max_hold_s: float = 0.0,
         executor: Executor | None = None,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1. Received: max_batch={max_batch}")
-        self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
+        self.run, self.max_batch = run, max_batch
+        self.max_wait_s, self.max_hold_s = max_wait_s, max(max_hold_s, max_wait_s)
         self.executor = executor
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] = asyncio.Queue()
+        self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
+        self._pending_tiles = 0
+        self._expected = 0  # requests being received or read that will enqueue tiles
+        self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
         self.batch_sizes: list[int] = []  # tiles per model call, for tests and metrics
 
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around a request's reading and `enqueue`: batches forming meanwhile wait for it."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
+            self._changed.set()
+
+    def enqueue(self, tiles: np.ndarray) -> asyncio.Future:
+        """(n, H, W, C) float32 -> a future of its (n, classes) rows."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((tiles, future))
+        self._pending_tiles += len(tiles)
+        self._changed.set()
+        return future
+
     async def submit(self, tiles: np.ndarray) -> np.ndarray:
         """(n, H, W, C) float32 -> (n, classes), batched with whatever else is waiting."""
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((tiles, future))
-        return await future
+        return await self.enqueue(tiles)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -51,25 +75,23 @@ class MicroBatcher:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            pending = [await self._queue.get()]
-            waiting = len(pending[0][0])
-            # Whatever queued while the last batch ran joins now, without waiting...
-            while waiting < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                pending.append(item)
-                waiting += len(item[0])
-            # ...then wait a little for more, unless the batch is full.
-            deadline = time.monotonic() + self.max_wait_s
-            while waiting < self.max_batch:
-                remaining = deadline - time.monotonic()
+            while not self._pending:
+                self._changed.clear()
+                await self._changed.wait()
+            # Whatever queued while the last batch ran joins at once; then wait a little for
+            # more (longer while announced requests are still being read), unless it is full.
+            formed = loop.time()
+            while self._pending_tiles < self.max_batch:
+                limit = self.max_hold_s if self._expected else self.max_wait_s
+                remaining = formed + limit - loop.time()
                 if remaining <= 0:
                     break
+                self._changed.clear()
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     break
-                pending.append(item)
-                waiting += len(item[0])
+            pending, self._pending, self._pending_tiles = list(self._pending), deque(), 0
             for group in _by_shape(pending).values():
                 await self._run_group(loop, group)
 

@@ -6,14 +6,15 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import DatasetReader
+from rasterio.io import DatasetReader, MemoryFile
 
 from anyband.errors import InvalidRasterError
 
@@ -96,40 +97,50 @@ def raster_info(dataset: DatasetReader) -> RasterInfo:
 
 @contextmanager
 def open_geotiff(
-    path: str | os.PathLike, *, max_bytes: int, name: str | None = None
+    source: str | os.PathLike | bytes, *, max_bytes: int, name: str | None = None
 ) -> Iterator[DatasetReader]:
-    """Open `path` for reading as a GeoTIFF and nothing else, or raise InvalidRasterError.
+    """Open `source` (a path, or a file's bytes) for reading as a GeoTIFF and nothing else, or
+    raise InvalidRasterError.
 
     `name` is how messages refer to the file (a zip entry's name rather than a scratch path).
     The header is checked before the caller reads a pixel: a TIFF magic number, one real pixel
     type for all bands, and width x height x bands x itemsize within `max_bytes`. Reads done
     inside the `with` block that fail (a truncated or corrupt file) also raise InvalidRasterError.
+    Bytes are opened from GDAL's in-memory file system, with the same driver and checks.
     """
-    # An absolute Path: rasterio never parses it as a URL, a /vsi path or an archive.
-    path = Path(path).absolute()
-    name = path.name if name is None else name
-    _check_magic(path, name)
-    with rasterio.Env(**_GDAL_HARDENING):
+    with ExitStack() as stack:
+        if isinstance(source, bytes | bytearray | memoryview):
+            name = "the upload" if name is None else name
+            _check_head(bytes(source[:16]), name)
+            memory = stack.enter_context(MemoryFile(source, ext=".tif"))
+            path, opened = memory.name, memory.open
+        else:
+            # An absolute Path: rasterio never parses it as a URL, a /vsi path or an archive.
+            path = Path(source).absolute()
+            name = path.name if name is None else name
+            _check_magic(path, name)
+            opened = partial(rasterio.open, path)
+        stack.enter_context(rasterio.Env(**_GDAL_HARDENING))
         try:
             with warnings.catch_warnings():
                 # Unreferenced chips are normal here; RasterInfo.transform says so with None.
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                dataset = rasterio.open(path, driver="GTiff")
+                dataset = stack.enter_context(opened(driver="GTiff"))
         except RasterioError as error:
             raise _corrupt(error, path, name) from error
-        with dataset:
-            _check_header(dataset, name, max_bytes)
-            try:
-                yield dataset
-            except RasterioError as error:
-                raise _corrupt(error, path, name) from error
+        _check_header(dataset, name, max_bytes)
+        try:
+            yield dataset
+        except RasterioError as error:
+            raise _corrupt(error, path, name) from error
 
 
 def read_tile(
-    path: str | os.PathLike, *, max_bytes: int, name: str | None = None
+    source: str | os.PathLike | bytes, *, max_bytes: int, name: str | None = None
 ) -> tuple[np.ndarray, RasterInfo]:
-    """All bands of a GeoTIFF as an (H, W, bands) array in the file's dtype, with its header."""
-    with open_geotiff(path, max_bytes=max_bytes, name=name) as dataset:
+    """All bands of a GeoTIFF (a path or a file's bytes) as an (H, W, bands) array in the
+    file's dtype, with its header."""
+    with open_geotiff(source, max_bytes=max_bytes, name=name) as dataset:
         info = raster_info(dataset)
         pixels = dataset.read()
     return np.moveaxis(pixels, 0, -1), info
@@ -154,6 +165,10 @@ def _check_magic(path: Path, name: str) -> None:
             head = file.read(16)
     except OSError as error:
         raise InvalidRasterError(f"cannot read {name!r}: {error.strerror}") from error
+    _check_head(head, name)
+
+
+def _check_head(head: bytes, name: str) -> None:
     if head[:4] in TIFF_MAGICS:
         return
     if not head:
@@ -187,7 +202,7 @@ def _check_header(dataset: DatasetReader, name: str, max_bytes: int) -> None:
         )
 
 
-def _corrupt(error: BaseException, path: Path, name: str) -> InvalidRasterError:
+def _corrupt(error: BaseException, path: Path | str, name: str) -> InvalidRasterError:
     """GDAL's own words from the innermost cause, with the scratch path replaced by `name`."""
     message = str(error)
     cause = error.__cause__

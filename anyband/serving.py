@@ -87,6 +87,14 @@ class ModelCache:
                 self._loading.pop(model_id, None)
             return served
 
+    def peek(self, model_id: str) -> ServedModel | None:
+        """The model if it is loaded (and now the most recently used), else None."""
+        with self._lock:
+            served = self._models.get(model_id)
+            if served is not None:
+                self._models.move_to_end(model_id)
+            return served
+
     def __contains__(self, model_id: str) -> bool:
         with self._lock:
             return model_id in self._models

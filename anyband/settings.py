@@ -54,7 +54,12 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(default=4, ge=1)
     predict_max_batch: int = Field(default=32, ge=1)
     predict_batch_wait_ms: float = Field(default=2.0, ge=0)
+    # ...and up to this long for requests the API is already receiving or reading (never for
+    # ones it has not seen), so that under load a batch does not leave half empty.
+    predict_batch_hold_ms: float = Field(default=20.0, ge=0)
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
+    # Predict bodies up to this size are parsed in memory; larger ones stream to disk first.
+    predict_in_memory_bytes: int = Field(default=64 * MB, ge=0)
     # A scene is read window by window, so its budget is far above one tile's.
     max_scene_bytes: int = Field(default=64 * GB, gt=0)
 

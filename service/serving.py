@@ -21,6 +21,11 @@ class Serving:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anyband-inference")
         self._batchers: dict[str, tuple[ServedModel, MicroBatcher]] = {}
 
+    def loaded(self, model_id: str) -> ServedModel | None:
+        """A model already in the cache: models never change once published, so a loaded one
+        is served without asking the database again."""
+        return self.cache.peek(model_id)
+
     async def model(self, record: Model) -> ServedModel:
         folder = model_dir(self.settings.data_dir, record.id)
         return await run_in_threadpool(
@@ -39,6 +44,7 @@ class Serving:
             served.predict,
             max_batch=self.settings.predict_max_batch,
             max_wait_s=self.settings.predict_batch_wait_ms / 1000,
+            max_hold_s=self.settings.predict_batch_hold_ms / 1000,
             executor=self.executor,
         )
         self._batchers[served.model_id] = (served, batcher)

@@ -1,4 +1,5 @@
-"""Stream a multipart upload to a file in the data directory, counting bytes as they arrive."""
+"""Stream a multipart upload to files in the data directory (or, for small bodies, to memory),
+counting bytes as they arrive."""
 
 from __future__ import annotations
 
@@ -17,11 +18,19 @@ MAX_FIELD_BYTES = 64 * 1024
 
 @dataclass
 class UploadedFile:
+    """One file part: on disk at `path`, or in memory as `data` when the body was small."""
+
     field: str
     filename: str
-    path: Path
+    path: Path | None = None
+    data: bytes | None = None
     size: int = 0
-    sha256: str = ""
+    sha256: str = ""  # "" when the caller did not ask for hashes
+
+    @property
+    def source(self) -> Path | bytes:
+        """What a reader opens: the bytes, or the file."""
+        return self.data if self.data is not None else self.path
 
 
 @dataclass
@@ -51,7 +60,8 @@ class MultipartUpload:
 
     def remove(self) -> None:
         for uploaded in self.files:
-            uploaded.path.unlink(missing_ok=True)
+            if uploaded.path is not None:
+                uploaded.path.unlink(missing_ok=True)
 
 
 def multipart_body(
@@ -69,11 +79,21 @@ def multipart_body(
     }
 
 
-async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) -> MultipartUpload:
-    """Parse a multipart/form-data body as it streams in; file parts go to `upload_dir`.
+async def receive_multipart(
+    request: Request,
+    upload_dir: Path,
+    max_bytes: int,
+    *,
+    in_memory_up_to: int = 0,
+    hash_files: bool = True,
+) -> MultipartUpload:
+    """Parse a multipart/form-data body as it streams in; file parts go to `upload_dir`, or stay
+    in memory (`UploadedFile.data`) when the body declares a Content-Length of at most
+    `in_memory_up_to` bytes (the bytes are counted as well, so memory held is bounded by it).
 
-    Never holds a file in memory, never writes outside `upload_dir`, and answers 413 as soon
-    as the body passes `max_bytes` (Content-Length is checked first, then the bytes counted).
+    Never writes outside `upload_dir`, and answers 413 as soon as the body passes `max_bytes`
+    (Content-Length is checked first, then the bytes counted). `hash_files`: fill in each file's
+    sha256 as it streams (the routes that store a file need it; predict does not).
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -83,10 +103,12 @@ async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) 
             "expected a multipart/form-data body with a boundary",
         )
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = int(declared) if declared and declared.isdigit() else None
+    if declared is not None and declared > max_bytes:
         raise Problem(413, _too_large(max_bytes))
-
-    upload_dir.mkdir(parents=True, exist_ok=True)
+    in_memory = declared is not None and declared <= in_memory_up_to
+    if not in_memory:
+        upload_dir.mkdir(parents=True, exist_ok=True)
     result = MultipartUpload()
     state: dict = {"headers": {}, "header_field": b"", "header_value": b"", "target": None}
 
@@ -109,12 +131,15 @@ async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) 
         filename = disposition.get(b"filename")
         if filename is not None:
             uploaded = UploadedFile(
-                field=name,
-                filename=Path(filename.decode("utf-8", "replace")).name,
-                path=upload_dir / f"{uuid.uuid4().hex}.part",
+                field=name, filename=Path(filename.decode("utf-8", "replace")).name
             )
             result.files.append(uploaded)
-            state.update(target=uploaded, handle=uploaded.path.open("wb"), hasher=hashlib.sha256())
+            state.update(target=uploaded, hasher=hashlib.sha256() if hash_files else None)
+            if in_memory:
+                state.update(handle=None, value=bytearray())
+            else:
+                uploaded.path = upload_dir / f"{uuid.uuid4().hex}.part"
+                state.update(handle=uploaded.path.open("wb"))
         else:
             state.update(target=name, value=bytearray())
 
@@ -122,8 +147,12 @@ async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) 
         chunk = data[start:end]
         target = state["target"]
         if isinstance(target, UploadedFile):
-            state["handle"].write(chunk)
-            state["hasher"].update(chunk)
+            if state["handle"] is not None:
+                state["handle"].write(chunk)
+            else:
+                state["value"] += chunk
+            if state["hasher"] is not None:
+                state["hasher"].update(chunk)
             target.size += len(chunk)
         else:
             state["value"] += chunk
@@ -133,8 +162,12 @@ async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) 
     def on_part_end():
         target = state["target"]
         if isinstance(target, UploadedFile):
-            state["handle"].close()
-            target.sha256 = state["hasher"].hexdigest()
+            if state["handle"] is not None:
+                state["handle"].close()
+            else:
+                target.data = bytes(state["value"])
+            if state["hasher"] is not None:
+                target.sha256 = state["hasher"].hexdigest()
         elif target is not None:
             result.fields[target] = state["value"].decode("utf-8", "replace")
 
@@ -156,6 +189,8 @@ async def receive_multipart(request: Request, upload_dir: Path, max_bytes: int) 
             received += len(chunk)
             if received > max_bytes:
                 raise Problem(413, _too_large(max_bytes))
+            if in_memory and received > declared:  # what is held stays within what was said
+                raise Problem(400, f"the body is longer than its Content-Length ({declared})")
             parser.write(chunk)
         parser.finalize()
     except Problem:

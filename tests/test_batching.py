@@ -110,3 +110,58 @@ def test_max_batch_must_be_positive():
 
     with pytest.raises(ValueError, match="max_batch must be >= 1"):
         run(go())
+
+
+def instant_sums(batch: np.ndarray) -> np.ndarray:
+    return batch.sum(axis=(1, 2, 3))[:, np.newaxis]
+
+
+async def announced(batcher: MicroBatcher, value: float, read_s: float) -> np.ndarray:
+    """A request as the predict route makes one: announced, read for `read_s`, then enqueued."""
+    with batcher.expecting():
+        await asyncio.sleep(read_s)  # receiving and decoding its tiles
+        answer = batcher.enqueue(np.full((1, 2, 2, 1), value))
+    return await answer
+
+
+def test_a_forming_batch_waits_for_requests_still_being_read():
+    async def go(hold_s):
+        batcher = MicroBatcher(instant_sums, max_batch=8, max_wait_s=0.0, max_hold_s=hold_s)
+        results = await asyncio.gather(announced(batcher, 1.0, 0.0), announced(batcher, 2.0, 0.05))
+        await batcher.close()
+        return results, batcher.batch_sizes
+
+    results, batch_sizes = run(go(hold_s=1.0))
+    assert [float(r[0, 0]) for r in results] == [4.0, 8.0]
+    assert batch_sizes == [2]  # the first tile waited for the second
+    _, batch_sizes = run(go(hold_s=0.0))
+    assert batch_sizes == [1, 1]  # without the hold, it left alone
+
+
+def test_the_hold_is_bounded_and_ends_when_an_announced_request_gives_up():
+    async def go():
+        batcher = MicroBatcher(instant_sums, max_batch=8, max_wait_s=0.0, max_hold_s=0.1)
+        started = time.perf_counter()
+        slow = asyncio.ensure_future(announced(batcher, 2.0, 5.0))  # a very slow upload
+        first = await announced(batcher, 1.0, 0.0)
+        held = time.perf_counter() - started
+        slow.cancel()
+
+        async def fails():
+            with batcher.expecting():
+                await asyncio.sleep(0.05)
+                raise ValueError("a corrupt tile")
+
+        failing = asyncio.ensure_future(fails())
+        started = time.perf_counter()
+        second = await batcher.submit(np.full((1, 2, 2, 1), 3.0))
+        released = time.perf_counter() - started
+        with pytest.raises(ValueError):
+            await failing
+        await batcher.close()
+        return first, held, second, released
+
+    first, held, second, released = run(go())
+    assert float(first[0, 0]) == 4.0 and float(second[0, 0]) == 12.0
+    assert 0.1 <= held < 1.0  # waited for the slow upload, but only max_hold_s
+    assert released < 0.09  # the failed request stopped the wait at once (~0.05 s), not at 0.1

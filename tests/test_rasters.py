@@ -186,3 +186,32 @@ def test_missing_file_is_an_invalid_raster(tmp_path):
 )
 def test_format_bytes_uses_binary_units(size, text):
     assert format_bytes(size) == text
+
+
+def test_bytes_are_read_like_the_file_they_came_from(tmp_path):
+    array = random_tiles(1, shape=(40, 48, 5), dtype="uint16")[0]
+    path = write_tile(tmp_path / "t.tif", array, nodata=0)
+
+    from_bytes = read_tile(path.read_bytes(), max_bytes=BUDGET, name="upload.tif")
+    from_file = read_tile(path, max_bytes=BUDGET)
+
+    np.testing.assert_array_equal(from_bytes[0], from_file[0])
+    assert from_bytes[1] == from_file[1]
+
+
+def test_bytes_get_every_check_a_file_gets(tmp_path):
+    secret = write_tile(tmp_path / "secret.tif", random_tiles(1, dtype="uint16")[0])
+    with pytest.raises(
+        InvalidRasterError, match=r"'a\.tif' is not a GeoTIFF: it starts with '<VRT"
+    ):
+        read_tile(vrt_text(secret), max_bytes=BUDGET, name="a.tif")
+    with pytest.raises(InvalidRasterError, match="the file is empty"):
+        read_tile(b"", max_bytes=BUDGET, name="a.tif")
+    with pytest.raises(InvalidRasterError, match=r"'h\.tif' declares 100000 x 100000"):
+        read_tile(huge_tiff_header(100_000, 100_000), max_bytes=BUDGET, name="h.tif")
+    data = tile_bytes(random_tiles(1, shape=(64, 64, 3), dtype="uint16")[0])
+    with pytest.raises(
+        InvalidRasterError, match=r"'w\.tif' is a truncated or corrupt TIFF"
+    ) as error:
+        read_tile(truncated(data, 0.5), max_bytes=BUDGET, name="w.tif")
+    assert "/vsimem/" not in str(error.value)  # GDAL's in-memory path is replaced by the name

@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput, check_raster, prepare
 from anyband.rasters import read_tile
+from anyband.serving import ServedModel
 from service.deps import SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404
@@ -36,31 +37,31 @@ router = APIRouter(
     ),
 )
 async def predict(model_id: str, request: Request, settings: SettingsDep):
-    # A short session, not one per request: requests wait for a batch, not for a connection.
-    with request.app.state.sessions() as session:
-        record = get_or_404(session, model_id)
-    upload = await receive_multipart(
-        request, settings.data_dir / "uploads", settings.max_upload_bytes
-    )
-    try:
-        files = upload.files_named("files")
-        if len(files) > settings.max_predict_files:
-            raise Problem(
-                413,
-                f"{len(files)} tiles in one request; send at most {settings.max_predict_files}",
-            )
-        serving = request.app.state.serving
-        try:
-            served = await serving.model(record)
-        except (ModelFileMismatchError, FileNotFoundError) as exc:
-            raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
-        tiles = await run_in_threadpool(
-            _read_tiles, files, served.model_input, settings.max_tile_bytes
-        )
-    finally:
-        upload.remove()
+    serving = request.app.state.serving
+    served = serving.loaded(model_id) or await _load(request, model_id)
     batcher = await serving.batcher(served)
-    probabilities = await asyncio.gather(*(batcher.submit(tile[np.newaxis]) for tile in tiles))
+    with batcher.expecting():  # a batch forming meanwhile waits for these tiles
+        upload = await receive_multipart(
+            request,
+            settings.data_dir / "uploads",
+            settings.max_upload_bytes,
+            in_memory_up_to=settings.predict_in_memory_bytes,
+            hash_files=False,
+        )
+        try:
+            files = upload.files_named("files")
+            if len(files) > settings.max_predict_files:
+                raise Problem(
+                    413,
+                    f"{len(files)} tiles in one request; send at most {settings.max_predict_files}",
+                )
+            tiles = await run_in_threadpool(
+                _read_tiles, files, served.model_input, settings.max_tile_bytes
+            )
+        finally:
+            upload.remove()
+        answers = [batcher.enqueue(tile[np.newaxis]) for tile in tiles]
+    probabilities = await asyncio.gather(*answers)
     return {
         "model_id": model_id,
         "predictions": [
@@ -74,6 +75,16 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
     }
 
 
+async def _load(request: Request, model_id: str) -> ServedModel:
+    # A short session, not one per request: requests wait for a batch, not for a connection.
+    with request.app.state.sessions() as session:
+        record = get_or_404(session, model_id)
+    try:
+        return await request.app.state.serving.model(record)
+    except (ModelFileMismatchError, FileNotFoundError) as exc:
+        raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
+
+
 def _read_tiles(
     files: list[UploadedFile], model_input: ModelInput, max_bytes: int
 ) -> list[np.ndarray]:
@@ -81,7 +92,7 @@ def _read_tiles(
     tiles = []
     for uploaded in files:
         try:
-            pixels, info = read_tile(uploaded.path, max_bytes=max_bytes, name=uploaded.filename)
+            pixels, info = read_tile(uploaded.source, max_bytes=max_bytes, name=uploaded.filename)
             check_raster(info, model_input, uploaded.filename)
         except InvalidRasterError as exc:
             raise Problem(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
+from unittest import mock
 
 import httpx
 import numpy as np
@@ -88,6 +90,39 @@ def test_predictions_equal_model_predict_on_the_same_arrays(api, trained):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
         assert prediction["label"] == model["classes"][int(np.argmax(want))]
         assert sum(got) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("in_memory_bytes", [0, 64 * 2**20])
+def test_small_bodies_are_read_in_memory_large_ones_via_disk_with_the_same_answers(
+    trained, in_memory_bytes
+):
+    settings, model, classes = trained
+    spooled = []
+    arrays = {"forest.tif": classes["forest"][0], "water.tif": classes["water"][1]}
+    tuned = settings.model_copy(update={"predict_in_memory_bytes": in_memory_bytes})
+    real_open = Path.open
+
+    def recording_open(self, *args, **kwargs):
+        if self.suffix == ".part":
+            spooled.append(self)
+        return real_open(self, *args, **kwargs)
+
+    with (
+        TestClient(create_app(tuned)) as client,
+        mock.patch.object(Path, "open", recording_open),
+    ):
+        response = client.post(
+            f"/v1/models/{model['id']}/predict", files=tile_upload(arrays, nodata=0)
+        )
+    assert response.status_code == 200, response.text
+    expected = expected_probabilities(settings, model, list(arrays.values()), nodata=0)
+    for prediction, want in zip(response.json()["predictions"], expected, strict=True):
+        got = [prediction["probabilities"][name] for name in model["classes"]]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # Two tiles through disk when the limit is 0, none when the body fits in memory; either
+    # way nothing is left behind.
+    assert len(spooled) == (2 if in_memory_bytes == 0 else 0)
+    assert not list((settings.data_dir / "uploads").glob("*.part"))
 
 
 def test_any_tile_size_the_backbone_accepts_is_answered(api, trained):
