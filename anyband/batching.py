@@ -18,7 +18,7 @@ class MicroBatcher:
 
     While a batch runs, new requests queue up and form the next batch, so batches grow with load.
     Callers that announce themselves with `expecting()` while they are still receiving and
-    reading their tiles are waited for, up to `max_hold_s` after the batch began to form: under
+    reading their tiles are waited for, up to `max_hold_s` after the oldest tile came: under
     load, a batch does not leave with two tiles while fourteen more are being decoded. A batch
     never waits for a request the server has not begun to read. Created inside a running event
     loop; one per served model.
@@ -40,6 +40,7 @@ class MicroBatcher:
         self.executor = executor
         self._pending: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._pending_tiles = 0
+        self._oldest = 0.0  # when the oldest waiting tile was enqueued (event loop time)
         self._expected = 0  # requests being received or read that will enqueue tiles
         self._changed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -57,7 +58,10 @@ class MicroBatcher:
 
     def enqueue(self, tiles: np.ndarray) -> asyncio.Future:
         """(n, H, W, C) float32 -> a future of its (n, classes) rows."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            self._oldest = loop.time()
         self._pending.append((tiles, future))
         self._pending_tiles += len(tiles)
         self._changed.set()
@@ -78,12 +82,12 @@ class MicroBatcher:
             while not self._pending:
                 self._changed.clear()
                 await self._changed.wait()
-            # Whatever queued while the last batch ran joins at once; then wait a little for
-            # more (longer while announced requests are still being read), unless it is full.
-            formed = loop.time()
+            # A batch leaves when full, or once its oldest tile has waited max_wait_s (longer,
+            # up to max_hold_s, while announced requests are still being read), as in
+            # TensorFlow Serving: tiles that queued while the last batch ran leave at once.
             while self._pending_tiles < self.max_batch:
                 limit = self.max_hold_s if self._expected else self.max_wait_s
-                remaining = formed + limit - loop.time()
+                remaining = self._oldest + limit - loop.time()
                 if remaining <= 0:
                     break
                 self._changed.clear()
