@@ -165,3 +165,28 @@ def test_the_hold_is_bounded_and_ends_when_an_announced_request_gives_up():
     assert float(first[0, 0]) == 4.0 and float(second[0, 0]) == 12.0
     assert 0.1 <= held < 1.0  # waited for the slow upload, but only max_hold_s
     assert released < 0.09  # the failed request stopped the wait at once (~0.05 s), not at 0.1
+
+
+def test_the_wait_counts_from_the_oldest_tile_so_tiles_queued_during_a_call_do_not_wait_again():
+    def slow_sums(batch):
+        time.sleep(0.3)
+        return batch.sum(axis=(1, 2, 3))[:, np.newaxis]
+
+    async def go():
+        executor = ThreadPoolExecutor(1)
+        batcher = MicroBatcher(slow_sums, max_batch=4, max_wait_s=0.25, executor=executor)
+        started = time.perf_counter()
+        full = asyncio.ensure_future(batcher.submit(np.ones((4, 2, 2, 1))))  # runs at once
+        await asyncio.sleep(0.01)
+        later = await batcher.submit(np.ones((2, 2, 2, 1)))  # queued while the first call runs
+        answered = time.perf_counter() - started
+        await full
+        await batcher.close()
+        executor.shutdown()
+        return later, answered, batcher.batch_sizes
+
+    later, answered, batch_sizes = run(go())
+    assert later[:, 0].tolist() == [4.0, 4.0] and batch_sizes == [4, 2]
+    # Two calls of 0.3 s back to back (~0.6 s); waiting max_wait_s again after the first call
+    # ended would make it ~0.85 s.
+    assert answered < 0.75, answered
