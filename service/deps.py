@@ -16,7 +16,9 @@ from service.problems import Problem
 _bearer = HTTPBearer(auto_error=False, description="one of ANYBAND_API_KEYS")
 
 
-def get_app_settings(request: Request) -> Settings:
+# Dependencies that never block are `async def`: FastAPI runs a plain `def` dependency in its
+# threadpool, a thread hop per request for nothing.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -29,7 +31,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
