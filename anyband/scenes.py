@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ def classify_scene(
     tile_size: tuple[int, int],
     stride: int | None = None,
     batch_size: int = 64,
+    chunk_width: int = 1024,
     max_bytes: int,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -88,18 +91,34 @@ def classify_scene(
 
     Output (float32, same size, CRS and transform, tiled, deflate): band 1 the class index, band
     1 + k the probability of `classes[k]`; -1 (the nodata value) in every band where any input
-    band is nodata, NaN or infinite. It appears at `output_path` only once complete: after each
-    strip `on_progress(windows done, total)` is called, and before each `should_stop()` is asked,
-    True raising JobCancelled with nothing written. `name` is the input's name in messages.
+    band is nodata, NaN or infinite. It appears at `output_path` only once complete. `name` is
+    the input's name in messages.
 
-    Peak memory besides the model's: one strip of tile_h x width x bands (input type, plus a
-    float32 copy to find invalid pixels); one batch of batch_size x tile_h x tile_w x channels
-    float32 (twice while being prepared); output rows, (1 + classes) x (256 + tile_h) x width
-    float32; and GDAL's block cache, capped for the call at the input blocks a strip touches,
-    (tile_h + 2 x block height) x width x bands x itemsize, at least 4 MiB. It grows with the
-    scene's width, never with its height.
+    The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
+    blocks, at least one), left to right, each from its top to its bottom one strip of windows at
+    a time. A chunk reads the input columns of the windows that own any of its pixels, so a
+    window across a chunk's edge is predicted in both chunks. Windows reach `predict`
+    `batch_size` at a time whatever the chunk's width: a batch may span strips, and only the
+    scene's last is smaller. `should_stop()` is asked before each strip is read, True raising
+    JobCancelled with nothing written; `on_progress(windows done, total)` is called as each
+    strip's rows are complete, a window counted in the chunk where its pixels begin, the last
+    call at the total.
+
+    Peak memory besides the model's depends on the chunk, the tile and the batch, not on the
+    scene's width or height: the strips read but not yet written (those one batch's windows
+    span, plus one), each tile_h x (chunk_width + 2 x tile_w) x bands (input type, plus a float32
+    copy of the rows a strip owns to find invalid pixels); one batch of batch_size x tile_h x
+    tile_w x channels float32 (twice while being prepared); one chunk's output rows,
+    (1 + classes) x (256 + tile_h) x chunk_width float32; and GDAL's block cache, capped for the
+    call at the input blocks one strip of a chunk touches, (tile_h + 2 x block height) x
+    (chunk_width + 2 x tile_w + 2 x block width) x bands x itemsize, at least 4 MiB, at most the
+    scene. Except for a striped (untiled) input: its blocks are whole rows, so that cap is
+    (tile_h + 2 x rows per strip) x width and grows with the scene's width, and each chunk
+    decodes the rows again.
     """
     strides = _check_stride(stride, tile_size)
+    if chunk_width < 1:
+        raise ValueError(f"chunk_width must be at least 1 px. Received: chunk_width={chunk_width}")
     (tile_h, tile_w), classes = tile_size, list(classes)
     name = Path(input_path).name if name is None else name
     output_path = Path(output_path)
@@ -111,30 +130,39 @@ def classify_scene(
             info = raster_info(source)
             _check_info(info, model_input, tile_size, name)
             nodata = model_input.nodata if info.nodata is None else info.nodata
-            stack.enter_context(_capped_block_cache(_cache_bytes(source, tile_h)))
-            writer = _RowWriter(stack.enter_context(_create_output(tmp_path, source, classes)))
+            output = stack.enter_context(_create_output(tmp_path, source, classes))
             rows = _window_starts(info.height, tile_h, strides[0])
             cols = _window_starts(info.width, tile_w, strides[1])
             row_bounds = _owned_bounds(rows, tile_h, info.height)
-            col_owner = np.repeat(
-                np.arange(len(cols)), np.diff(_owned_bounds(cols, tile_w, info.width))
-            )
-            total = len(rows) * len(cols)
-            for j, top in enumerate(rows):
+            # Whole output blocks a chunk, so that each block is written once.
+            block_w = output.block_shapes[0][1]
+            chunks = _chunks(cols, tile_w, info.width, max(1, chunk_width // block_w) * block_w)
+            read_width = max(chunk.read_width for chunk in chunks)
+            stack.enter_context(_capped_block_cache(_cache_bytes(source, tile_h, read_width)))
+            queue = _WindowQueue(predict, model_input, nodata, batch_size, len(classes))
+            waiting: deque[tuple[_Chunk, int, np.ndarray]] = deque()  # read, not yet written
+            writer = _BlockRowWriter(output, max(chunk.stop - chunk.start for chunk in chunks))
+            total, done = len(rows) * len(cols), 0
+            for chunk, (j, top) in itertools.product(chunks, enumerate(rows)):
                 if should_stop is not None and should_stop():
-                    raise JobCancelled(f"scene stopped after {j * len(cols)} of {total} windows")
-                strip = np.moveaxis(source.read(window=Window(0, top, info.width, tile_h)), 0, -1)
-                windows = [strip[:, left : left + tile_w] for left in cols]  # views
-                probs = _predict(predict, windows, model_input, nodata, batch_size, len(classes))
-                owned = strip[row_bounds[j] - top : row_bounds[j + 1] - top]
-                block = np.empty((1 + len(classes), *owned.shape[:2]), dtype=np.float32)
-                block[0] = np.argmax(probs, axis=1)[col_owner]
-                block[1:] = probs.T[:, None, col_owner]
-                block[:, ~valid_pixels(owned, nodata)] = OUTPUT_NODATA
-                writer.add(block)
-                if on_progress is not None:
-                    on_progress((j + 1) * len(cols), total)
-            writer.flush()
+                    raise JobCancelled(f"scene stopped after {done} of {total} windows")
+                window = Window(chunk.read_left, top, chunk.read_width, tile_h)
+                strip = np.moveaxis(source.read(window=window), 0, -1)
+                windows = [strip[:, left : left + tile_w] for left in chunk.lefts]  # views
+                queue.add(windows, last=chunk is chunks[-1] and j == len(rows) - 1)
+                owned = strip[row_bounds[j] - top : row_bounds[j + 1] - top, chunk.owned]
+                waiting.append((chunk, j, owned))
+                # Strips are written in reading order, each once all its windows are predicted.
+                while waiting and (probs := queue.take(len(waiting[0][0].lefts))) is not None:
+                    ready, row, pixels = waiting.popleft()
+                    if row == 0:
+                        writer.begin(ready.start, ready.stop)
+                    writer.add(_class_rows(probs, ready.owner, pixels, nodata))
+                    if row == len(rows) - 1:
+                        writer.flush()
+                    done += ready.new_windows
+                    if on_progress is not None:
+                        on_progress(done, total)
         os.replace(tmp_path, output_path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -175,6 +203,47 @@ def _owned_bounds(starts: list[int], tile: int, length: int) -> list[int]:
     return [0, *((a + b + tile) // 2 for a, b in itertools.pairwise(starts)), length]
 
 
+@dataclass(frozen=True, eq=False)
+class _Chunk:
+    """Output columns [start, stop), and the windows that own any of them."""
+
+    start: int
+    stop: int
+    read_left: int  # the input columns read: those of the windows below
+    read_width: int
+    lefts: list[int]  # the windows' starts, from read_left
+    owner: np.ndarray  # for each output column, its window's position in `lefts`
+    new_windows: int  # those whose owned columns begin here: each window counts in one chunk
+
+    @property
+    def owned(self) -> slice:
+        return slice(self.start - self.read_left, self.stop - self.read_left)
+
+
+def _chunks(starts: list[int], tile: int, length: int, step: int) -> list[_Chunk]:
+    """Columns [0, length) in chunks of `step`, windows of `tile` starting at `starts`."""
+    bounds = _owned_bounds(starts, tile, length)
+    chunks = []
+    for start in range(0, length, step):
+        stop = min(start + step, length)
+        first = bisect.bisect_right(bounds, start) - 1  # owns column `start`
+        last = bisect.bisect_left(bounds, stop) - 1  # owns column `stop - 1`
+        left = starts[first]
+        owner = np.repeat(np.arange(last + 1 - first), np.diff(bounds[first : last + 2]))
+        chunks.append(
+            _Chunk(
+                start=start,
+                stop=stop,
+                read_left=left,
+                read_width=starts[last] + tile - left,
+                lefts=[o - left for o in starts[first : last + 1]],
+                owner=owner[start - bounds[first] : stop - bounds[first]],
+                new_windows=last + 1 - bisect.bisect_left(bounds, start),
+            )
+        )
+    return chunks
+
+
 @contextmanager
 def _capped_block_cache(max_bytes: int) -> Iterator[None]:
     # Set and restored by hand: a rasterio.Env nested in open_geotiff's would not restore it.
@@ -186,10 +255,50 @@ def _capped_block_cache(max_bytes: int) -> Iterator[None]:
         set_gdal_config("GDAL_CACHEMAX", previous)
 
 
-def _cache_bytes(source, tile_h: int) -> int:
-    rows = min(source.height, tile_h + 2 * source.block_shapes[0][0])
-    row_bytes = source.width * source.count * np.dtype(source.dtypes[0]).itemsize
-    return max(_MIN_CACHE_BYTES, rows * row_bytes)
+def _cache_bytes(source, tile_h: int, read_width: int) -> int:
+    """The input blocks one strip touches; a striped input's blocks are whole rows."""
+    block_h, block_w = source.block_shapes[0]
+    rows = min(source.height, tile_h + 2 * block_h)
+    cols = min(source.width, read_width + 2 * block_w)
+    return max(_MIN_CACHE_BYTES, rows * cols * source.count * np.dtype(source.dtypes[0]).itemsize)
+
+
+def _class_rows(probs, owner, owned, nodata) -> np.ndarray:
+    """(1 + classes, rows, columns) output for the `owned` pixels, column c from window owner[c]."""
+    rows = np.empty((1 + probs.shape[1], *owned.shape[:2]), dtype=np.float32)
+    rows[0] = np.argmax(probs, axis=1)[owner]
+    rows[1:] = probs.T[:, None, owner]
+    rows[:, ~valid_pixels(owned, nodata)] = OUTPUT_NODATA
+    return rows
+
+
+class _WindowQueue:
+    """Windows on their way to the model, predicted `batch_size` at a time: only the last call
+    (`add(..., last=True)`) may be smaller. Probabilities come out in the order windows went in."""
+
+    def __init__(self, predict, model_input, nodata, batch_size: int, n_classes: int):
+        self.predict, self.model_input, self.nodata = predict, model_input, nodata
+        self.batch_size = batch_size
+        self.waiting: list[np.ndarray] = []
+        self.ready = np.empty((0, n_classes), dtype=np.float32)
+
+    def add(self, windows: list[np.ndarray], *, last: bool) -> None:
+        self.waiting += windows
+        n = len(self.waiting) if last else len(self.waiting) // self.batch_size * self.batch_size
+        if n:
+            probs = _predict(
+                self.predict, self.waiting[:n], self.model_input, self.nodata, self.batch_size,
+                self.ready.shape[1],
+            )  # fmt: skip
+            self.ready = np.concatenate([self.ready, probs])
+            del self.waiting[:n]
+
+    def take(self, n: int) -> np.ndarray | None:
+        """The next `n` windows' probabilities, or None until all of them are predicted."""
+        if len(self.ready) < n:
+            return None
+        probs, self.ready = self.ready[:n], self.ready[n:]
+        return probs
 
 
 def _predict(predict, windows, model_input, nodata, batch_size, n_classes) -> np.ndarray:
@@ -240,14 +349,23 @@ def _create_output(path: Path, source, classes: list[str]):
     return output
 
 
-class _RowWriter:
+class _BlockRowWriter:
     """Buffers output rows until a whole row of output blocks is complete, then writes it, so
-    each compressed block is written once."""
+    each compressed block is written once; a chunk of columns [start, stop) at a time, `start` on
+    a block edge and `stop` on one or the scene's."""
 
-    def __init__(self, output):
+    def __init__(self, output, width: int):
         self.output = output
         self.block_rows = output.block_shapes[0][0]
-        self.buffer = np.empty((output.count, self.block_rows, output.width), dtype=np.float32)
+        # One buffer for every chunk, up to `width` columns: one allocated per chunk left the
+        # process holding ~10 MB more after a few chunks (the allocator keeps freed space).
+        self.memory = np.empty(output.count * self.block_rows * width, dtype=np.float32)
+        self.begin(0, width)
+
+    def begin(self, start: int, stop: int) -> None:
+        self.start, self.width = start, stop - start
+        size = self.output.count * self.block_rows * self.width
+        self.buffer = self.memory[:size].reshape(self.output.count, self.block_rows, self.width)
         self.top = 0  # first image row held in the buffer
         self.filled = 0
 
@@ -262,7 +380,7 @@ class _RowWriter:
 
     def flush(self) -> None:
         if self.filled:
-            window = Window(0, self.top, self.output.width, self.filled)
+            window = Window(self.start, self.top, self.width, self.filled)
             try:
                 self.output.write(self.buffer[:, : self.filled], window=window)
             except RasterioError as error:

@@ -139,9 +139,10 @@ def test_unreferenced_scene_gives_an_unreferenced_class_map(tmp_path):
             assert set(out.block_shapes) == {(48, 32)}
 
 
-def test_class_map_and_probabilities_are_the_model_on_the_owning_window(tmp_path):
+@pytest.mark.parametrize("chunk_width", [1024, 1], ids=["one chunk", "one block a chunk"])
+def test_class_map_and_probabilities_are_the_model_on_the_owning_window(tmp_path, chunk_width):
     array = two_part_scene()  # 300 x 200: neither a multiple of the 32 px tile
-    _, output, model = classify(tmp_path, array)
+    _, output, model = classify(tmp_path, array, chunk_width=chunk_width)
     out = read_output(output)
 
     # The split at column 160 is on the window grid: every window lies in one part.
@@ -188,15 +189,16 @@ def test_nan_and_infinite_pixels_of_a_float_scene_are_nodata(tmp_path):
     np.testing.assert_allclose(np.moveaxis(out[1:], 0, -1)[~invalid], expected[~invalid], atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_width", [1024, 1], ids=["one chunk", "one block a chunk"])
 @pytest.mark.parametrize(
     ("height", "width", "stride"), [(200, 300, 16), (70, 45, 7), (33, 40, 1), (32, 32, 32)]
 )
 def test_overlapping_windows_write_each_pixel_once_from_the_nearest_window(
-    tmp_path, height, width, stride
+    tmp_path, height, width, stride, chunk_width
 ):
     rng = np.random.default_rng(1)
     array = rng.integers(1, 1000, size=(height, width, 3)).astype("uint16")
-    result, output, model = classify(tmp_path, array, stride=stride)
+    result, output, model = classify(tmp_path, array, stride=stride, chunk_width=chunk_width)
     out = read_output(output)
 
     assert (out != -1).all()  # a new GeoTIFF reads -1 wherever nothing was written
@@ -206,6 +208,56 @@ def test_overlapping_windows_write_each_pixel_once_from_the_nearest_window(
     rows, _ = nearest_window(height, TILE[0], stride)
     cols, _ = nearest_window(width, TILE[1], stride)
     assert result.windows == len(rows) * len(cols) and result.stride == (stride, stride)
+
+
+@pytest.mark.parametrize("stride", [None, 16, 13, 7])
+@pytest.mark.parametrize(("height", "width"), [(70, 600), (50, 100)])
+def test_chunks_of_columns_give_the_map_of_one_chunk_and_count_each_window_once(
+    tmp_path, height, width, stride
+):
+    # The class map's blocks are 256 px wide (96 at 100 px) and chunk_width=1 rounds up to one
+    # block: chunks of 256, 256 and 88 columns (96 and 4). A window owning columns on both sides
+    # of a chunk's edge is predicted in both chunks.
+    block = min(256, width // 16 * 16)
+    rng = np.random.default_rng(2)
+    array = rng.integers(1, 1000, size=(height, width, 3)).astype("uint16")
+    array[20:30, block - 6 : block + 6] = 0  # nodata across the first chunk edge
+    model = band_model(3, 3)
+    maps, progress, batches = {}, {}, {}
+    for chunk_width in (1, 4096):
+        progress[chunk_width], batches[chunk_width] = [], []
+
+        def predict(windows, sizes=batches[chunk_width]):
+            sizes.append(len(windows))
+            return predictor(model)(windows)
+
+        result, output, _ = classify(
+            tmp_path, array, stride=stride, nodata=0, chunk_width=chunk_width, batch_size=16,
+            predict=predict, on_progress=lambda *p, calls=progress[chunk_width]: calls.append(p),
+        )  # fmt: skip
+        maps[chunk_width] = read_output(output)
+
+    np.testing.assert_array_equal(maps[1], maps[4096])
+    invalid = (array == 0).any(axis=-1)
+    assert (maps[1][:, invalid] == -1).all() and (maps[1][:, ~invalid] >= 0).all()
+    expected = expected_map(array, model, model_input(), stride or TILE[1], nodata=0)
+    out = np.moveaxis(maps[1][1:], 0, -1)
+    np.testing.assert_allclose(out[~invalid], expected[~invalid], rtol=1e-5, atol=1e-6)
+
+    rows, _ = nearest_window(height, TILE[0], stride or TILE[0])
+    cols, col_owner = nearest_window(width, TILE[1], stride or TILE[1])
+    total = len(rows) * len(cols)
+    assert result.windows == total
+    assert progress[4096] == [(len(cols) * (j + 1), total) for j in range(len(rows))]
+    # Chunk by chunk, each strip adds the windows whose owned columns begin in its chunk.
+    first_columns = np.unique(col_owner, return_index=True)[1]
+    chunks = -(-width // block)
+    added = np.repeat(np.bincount(first_columns // block, minlength=chunks), len(rows))
+    assert progress[1] == [(int(done), total) for done in np.cumsum(added)]
+    straddling = sum(col_owner[edge - 1] == col_owner[edge] for edge in range(block, width, block))
+    assert sum(batches[4096]) == total
+    assert sum(batches[1]) == total + len(rows) * straddling
+    assert all(size == 16 for size in batches[1][:-1])  # full batches whatever the chunk
 
 
 def test_with_stride_16_each_window_owns_the_16_px_block_at_its_centre():
@@ -278,6 +330,12 @@ def test_stride_outside_one_to_the_tile_is_refused(tmp_path, stride):
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_chunk_width_below_one_px_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"chunk_width must be at least 1 px\. .*chunk_width=0"):
+        classify(tmp_path, two_part_scene(64, 64), chunk_width=0)
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_vrt_renamed_tif_is_refused_before_gdal_sees_it(tmp_path, out_dir):
     secret = write_tile(tmp_path / "secret.tif", two_part_scene(64, 64))
     path = tmp_path / "scene.tif"
@@ -304,8 +362,9 @@ def test_should_stop_cancels_and_leaves_no_output(tmp_path):
         calls.append(1)
         return len(calls) > 2
 
+    # Batches of one strip's 10 windows: each strip is written before the next one is read.
     with pytest.raises(JobCancelled, match="after 20 of 70 windows"):
-        classify(tmp_path, two_part_scene(), should_stop=should_stop)
+        classify(tmp_path, two_part_scene(), should_stop=should_stop, batch_size=10)
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -319,7 +378,8 @@ def test_on_progress_counts_windows_per_strip_up_to_the_total(tmp_path):
 def test_predict_with_the_wrong_output_shape_is_refused(tmp_path, out_dir):
     path = write_tile(tmp_path / "s.tif", two_part_scene(64, 300))
     two_classes = predictor(band_model(3, 2))
-    with pytest.raises(ValueError, match=r"predict must return .* Received: shape=\(10, 2\)"):
+    # Two strips of 10 windows: one batch.
+    with pytest.raises(ValueError, match=r"predict must return .* Received: shape=\(20, 2\)"):
         classify_scene(
             two_classes, path, out_dir / "o.tif", model_input=model_input(), classes="abc",
             tile_size=TILE, max_bytes=BUDGET,
@@ -338,8 +398,12 @@ def test_gdal_block_cache_is_capped_during_a_scene_and_restored_after(tmp_path):
     classify(tmp_path, two_part_scene(), predict=predict)
     assert set(during) == {4 * 2**20}  # a small scene: the cap's floor
     assert get_gdal_config("GDAL_CACHEMAX") == before
+    stop = len(during) + 2  # mid-scene: after two strips, a batch of 10 windows each
     with pytest.raises(JobCancelled):
-        classify(tmp_path, two_part_scene(), predict=predict, should_stop=lambda: len(during) > 3)
+        classify(
+            tmp_path, two_part_scene(), predict=predict, batch_size=10,
+            should_stop=lambda: len(during) >= stop,
+        )  # fmt: skip
     assert get_gdal_config("GDAL_CACHEMAX") == before
 
 
@@ -380,21 +444,28 @@ def peak_rss_increase(scene: str, output: str) -> None:
 def test_memory_does_not_grow_with_the_scene(tmp_path):
     rng = np.random.default_rng(0)
     increases = {}
-    for size in (512, 2048):
+    for width, height in [(1024, 1024), (4096, 1024), (1024, 4096)]:
+        array = rng.integers(1, 1000, (height, width, 6)).astype("uint16")
         scene = write_tile(
-            tmp_path / f"s{size}.tif", rng.integers(1, 1000, (size, size, 6)).astype("uint16")
+            tmp_path / f"s{width}x{height}.tif", array, tiled=True, blockxsize=256, blockysize=256
         )
         code = (
             "from tests.test_scenes import peak_rss_increase; "
-            f"peak_rss_increase({str(scene)!r}, {str(tmp_path / f'o{size}.tif')!r})"
+            f"peak_rss_increase({str(scene)!r}, {str(tmp_path / f'o{width}x{height}.tif')!r})"
         )
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         run = subprocess.run(
             [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True
         )
         assert run.returncode == 0, run.stderr[-3000:]
-        increases[size] = json.loads(run.stdout.strip().splitlines()[-1])["peak_increase_mib"]
-    print(f"peak RSS increase (MiB): {increases}")
-    # 2048^2 x 6 bands is 48 MiB of uint16 and its class map 64 MiB of float32: 16x the
-    # 512^2 scene's. Holding either whole would break this bound.
-    assert increases[2048] < 1.5 * increases[512] + 30, increases
+        increases[width, height] = json.loads(run.stdout.strip().splitlines()[-1])[
+            "peak_increase_mib"
+        ]
+    print(f"peak RSS increase (MiB), by (width, height): {increases}")
+    # 4096 x 1024 x 6 bands is 48 MiB of uint16 and its class map 64 MiB of float32, 4x the
+    # 1024^2 scene's. Holding a strip of the whole width would break this bound: the output rows
+    # of a 4096 px wide scene alone are 4 bands x 256 rows x 4096 px float32, 16 MiB. What may
+    # grow: GDAL's block cache cap, clipped at a 1024 px scene's width (here 4 MiB more).
+    small = increases[1024, 1024]
+    assert increases[4096, 1024] < small + 10, increases
+    assert increases[1024, 4096] < small + 10, increases
