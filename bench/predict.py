@@ -10,9 +10,12 @@ that data folder, loads the same model in this process with `load_served_model`,
 
 1. one tile per `POST /v1/models/{id}/predict`, sequential: p50 and p99 latency, against
    `ServedModel.predict` on the same prepared tile (batch 1), the two alternating call by call;
-2. `--clients` concurrent clients sending one tile per request: tiles/s, against
-   `ServedModel.predict` in batches of `predict_max_batch` and `keras_model.predict` on the same
-   tiles, whichever is faster;
+2. `--clients` concurrent clients sending one tile per request (`bench/loadgen.py`: a separate
+   process, keep-alive connections, requests encoded before the clock starts, as `wrk` would):
+   tiles/s, against `ServedModel.predict` in batches of `predict_max_batch` and
+   `keras_model.predict` on the same tiles, whichever is faster; also against
+   `ServedModel.predict` in batches of `--clients`, the largest batch one-tile clients can make;
+   then the same clients and tiles sent 8 to a request;
 3. `classify_scene` on a tiled 13-band uint16 GeoTIFF: pixels/s against `ServedModel.predict` on
    the same windows cut and prepared beforehand, in batches of 64; then the scene task's peak RSS,
    in its own process, for two square scenes, one as wide as the larger and as tall as the smaller
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import platform
@@ -82,7 +86,7 @@ NODATA = 0
 SCENE_BATCH = 64  # classify_scene's default batch_size
 SAMPLE_SECONDS = 0.01
 WARMUP_REQUESTS = 10
-TILES_PER_REQUEST = 8  # --breakdown: the concurrent load again, this many tiles per request
+TILES_PER_REQUEST = 8  # the concurrent load again, the same tiles this many to a request
 FULL = {
     "requests": 200,
     "per_client": 48,
@@ -289,46 +293,34 @@ def _latency(ms: list[float]) -> dict:
 # ---------------------------------------------------------------- 2. concurrent clients
 
 
-async def _clients(server, url, uploads, clients: int, per_client: int, warmup: int, per_request):
-    """(seconds, per-request ms) of `clients` loops each sending `per_client` requests of
-    `per_request` tiles, after `warmup` untimed requests each (connections open, the batch
-    sizes concurrency makes have run once)."""
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=300, limits=limits) as client:
-
-        async def one(c: int, count: int, record: bool) -> None:
-            for j in range(count):
-                first = (c * per_client + j) * per_request
-                files = []
-                for k in range(first, first + per_request):
-                    files += tile_upload(f"tile_{k}.tif", uploads[k % len(uploads)])
-                start = time.perf_counter()
-                response = await client.post(url, files=files)
-                if record:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                check_answer(response, "concurrent predict")
-
-        await asyncio.gather(*(one(c, warmup, False) for c in range(clients)))
-        start = time.perf_counter()
-        await asyncio.gather(*(one(c, per_client, True) for c in range(clients)))
-        return time.perf_counter() - start, latencies
-
-
 def concurrent_http(server, model, uploads, clients: int, per_client: int, warmup=2, per_request=1):
-    url = f"/v1/models/{model['id']}/predict"
-    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-    seconds, latencies = asyncio.run(
-        _clients(server, url, uploads, clients, per_client, warmup, per_request)
-    )
-    # CPU over warm-up and timed requests alike: per tile, the warm-up changes little.
+    """`clients` closed-loop clients in a `bench/loadgen.py` subprocess, each sending
+    `per_client` requests of `per_request` tiles after `warmup` untimed ones."""
+    requests = []
+    for first in range(0, len(uploads) * per_request, per_request):
+        tiles = [(k, uploads[k % len(uploads)]) for k in range(first, first + per_request)]
+        requests.append([[f"tile_{k}.tif", base64.b64encode(data).decode()] for k, data in tiles])
+    spec = server.log_path.with_name(f"requests-{per_request}.json")
+    spec.write_text(json.dumps({"path": f"/v1/models/{model['id']}/predict", "requests": requests}))
+    command = [sys.executable, str(REPO / "bench" / "loadgen.py"), server.base_url, str(spec)]
+    command += ["--clients", str(clients), "--per-client", str(per_client), "--warmup", str(warmup)]
+    server_cpu = server.cpu_seconds()
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"bench/loadgen.py failed (rc={run.returncode}):\n{run.stderr[-3000:]}")
+    result = json.loads(run.stdout)
+    # Server CPU over warm-up and timed requests alike: per tile, the warm-up changes little.
     tiles = clients * (per_client + warmup) * per_request
     return {
-        "seconds": seconds,
-        "tiles_per_second": clients * per_client * per_request / seconds,
-        "latency": _latency(latencies),
+        "seconds": result["seconds"],
+        "tiles_per_second": clients * per_client * per_request / result["seconds"],
+        "latency": _latency(result["latencies_ms"]),
         "server_cpu_ms_per_tile": (server.cpu_seconds() - server_cpu) * 1000 / tiles,
-        "client_cpu_ms_per_tile": (time.process_time() - client_cpu) * 1000 / tiles,
+        "client_cpu_ms_per_tile": result["cpu_seconds"]
+        * 1000
+        / (clients * per_client * per_request),
+        # The last answer to each distinct request, for checking against the raw path.
+        "answers": {int(k): json.loads(body) for k, body in result["answers"].items()},
     }
 
 
@@ -364,13 +356,25 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
         for j in range(args.per_client)
     ]
     tiles = np.stack([prepared[k] for k in sent])
-    rounds = []
+    rounds, worst = [], 0.0
     for i in range(1, args.rounds + 1):
         row = {
             "served_predict": raw_batched(served, tiles, max_batch),
             "keras_predict": raw_keras(served, tiles, max_batch),
+            "served_predict_clients": raw_batched(served, tiles, args.clients),
             "http": concurrent_http(server, model, uploads, args.clients, args.per_client),
+            "http_grouped": concurrent_http(
+                server,
+                model,
+                uploads,
+                args.clients,
+                max(1, args.per_client // TILES_PER_REQUEST),
+                per_request=TILES_PER_REQUEST,
+            ),
         }
+        for path, per_request in (("http", 1), ("http_grouped", TILES_PER_REQUEST)):
+            answers = row[path].pop("answers")
+            worst = max(worst, _answers_differ(answers, served, prepared, per_request))
         rounds.append(row)
         rates = " / ".join(f"{path} {row[path]['tiles_per_second']:.1f}" for path in row)
         load = os.getloadavg()[0]
@@ -391,7 +395,27 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
             r["http"]["tiles_per_second"] / r[baseline]["tiles_per_second"] for r in rounds
         ],
         "ratio": medians["http"] / medians[baseline],
+        "ratio_at_clients_batch": medians["http"] / medians["served_predict_clients"],
+        "tiles_per_request_grouped": TILES_PER_REQUEST,
+        "ratio_grouped": medians["http_grouped"] / medians[baseline],
+        "max_abs_probability_difference": worst,
     }
+
+
+def _answers_differ(answers: dict[int, dict], served: ServedModel, prepared, per_request) -> float:
+    """Largest difference between each answer and the raw path on its tile; exits if a request
+    is answered for tiles other than its own, in its order (no request gets another's rows)."""
+    names, rows = [], []
+    for k, answer in sorted(answers.items()):
+        sent = [f"tile_{k * per_request + i}.tif" for i in range(per_request)]
+        got = [prediction["filename"] for prediction in answer["predictions"]]
+        if got != sent:
+            raise SystemExit(f"request {k} sent {sent} and was answered for {got}")
+        for i, prediction in enumerate(answer["predictions"]):
+            names.append((k * per_request + i) % len(prepared))
+            rows.append([prediction["probabilities"][c] for c in served.classes])
+    raw = served.predict(np.stack([prepared[i] for i in names]))
+    return float(np.max(np.abs(np.asarray(rows) - raw)))
 
 
 # ---------------------------------------------------------------- 3. scenes
@@ -661,7 +685,10 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
     n = 100
     request = httpx.Request("POST", "http://bench/", files=tile_upload("tile.tif", uploads[0]))
     body = request.read()
-    headers = [(b"content-type", request.headers["content-type"].encode())]
+    headers = [
+        (b"content-type", request.headers["content-type"].encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
     ms: dict[str, list[float]] = {}
 
     def timed(name: str, function, *args, **kwargs):
@@ -678,12 +705,16 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
             scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
             start = time.perf_counter()
             upload = await receive_multipart(
-                Request(scope, receive), root / "uploads", settings.max_upload_bytes
+                Request(scope, receive),
+                root / "uploads",
+                settings.max_upload_bytes,
+                in_memory_up_to=settings.predict_in_memory_bytes,
+                hash_files=False,
             )
             ms.setdefault("multipart", []).append((time.perf_counter() - start) * 1000)
             uploaded = upload.files_named("files")[0]
             pixels, info = timed(
-                "read", read_tile, uploaded.path, max_bytes=settings.max_tile_bytes
+                "read", read_tile, uploaded.source, max_bytes=settings.max_tile_bytes
             )
             timed("check", check_raster, info, served.model_input, uploaded.filename)
             tile = timed("prepare", prepare, pixels, served.model_input, info.nodata)
@@ -728,8 +759,8 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
     p50 = {name: float(np.median(values)) for name, values in ms.items()}
     return {
         "p50_ms": {
-            "multipart parse + upload written to disk (receive_multipart)": p50["multipart"],
-            "read_tile (rasterio open + read of the upload)": p50["read"],
+            "multipart parse, in memory (receive_multipart)": p50["multipart"],
+            "read_tile (rasterio open + read of the upload's bytes)": p50["read"],
             "check_raster": p50["check"],
             "prepare": p50["prepare"],
             "micro-batcher above the raw call (wait + executor hop)": p50["batcher"] - p50["raw"],
@@ -871,10 +902,12 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
     for name, key in (
         (f"raw ServedModel.predict, batch {c['raw_batch']}", "served_predict"),
         (f"raw keras_model.predict, batch_size {c['raw_batch']}", "keras_predict"),
+        (f"raw ServedModel.predict, batch {c['clients']}", "served_predict_clients"),
         ("HTTP, one tile per request", "http"),
+        (f"HTTP, {c['tiles_per_request_grouped']} tiles per request", "http_grouped"),
     ):
         rate, last = c["median_tiles_per_second"][key], c["rounds"][-1][key]
-        if key == "http":
+        if key.startswith("http"):
             latency = [(last["latency"]["p50_ms"], ".0f"), (last["latency"]["p99_ms"], ".0f")]
             cpu = f"{last['server_cpu_ms_per_tile']:.1f} + {last['client_cpu_ms_per_tile']:.1f} client"
         else:
@@ -882,10 +915,13 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
         rows.append([name, (rate, ".1f"), (rate / base, ".3f"), *latency, cpu])
     print_table(["path", "tiles/s", "ratio", "p50 ms", "p99 ms", "CPU ms/tile"], rows)
     print(
-        f"ratio: median tiles/s over the baseline's, {c['baseline']} (the faster raw path); "
-        f"each round's, HTTP: {_ratios(c['round_ratios'])}\nCPU ms/tile (last round): the "
-        f"server process's CPU time over the tiles, plus the clients' (this process, same\n"
-        f"cores); raw: this process's"
+        f"ratio: median tiles/s over the baseline's, {c['baseline']} (the faster batch-"
+        f"{c['raw_batch']} raw path); each round's, HTTP: {_ratios(c['round_ratios'])}\n"
+        f"over raw batch {c['clients']} (the largest batch {c['clients']} one-tile clients can "
+        f"form): {c['ratio_at_clients_batch']:.3f}\nCPU ms/tile (last round): the server "
+        f"process's CPU time over the tiles, plus the clients' (bench/loadgen.py, a separate\n"
+        f"process on the same cores); raw: this process's. Largest probability difference, "
+        f"HTTP answers vs raw: {c['max_abs_probability_difference']:.1e}"
     )
 
     s = scene
@@ -923,12 +959,6 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
         f"seconds: medians over {len(s['rounds'])} round(s), raw and classify_scene alternating "
         f"which runs first; each round's ratio: {_ratios(s['round_ratios'])}"
     )
-    if s["classify_predict_calls"] > s["raw_predict_calls"]:
-        print(
-            f"classify_scene batches the windows of one strip of rows at a time: a scene "
-            f"{s['size']} px wide gives it {len(window_starts(s['size'], TILE_SIZE, TILE_SIZE))} "
-            f"windows per predict call, not {SCENE_BATCH}"
-        )
     print(
         f"\n   the scene task's memory: classify_scene alone in a subprocess, RSS sampled every "
         f"{SAMPLE_SECONDS * 1000:.0f} ms"
@@ -967,7 +997,9 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
     )
     print(
         f"{c['clients']} clients, tiles/s over raw {c['baseline']}: {c['ratio']:.2f} "
-        f"(target >= {TARGET_CONCURRENT_RATIO}: {_met(met['concurrent_ratio'])})"
+        f"(target >= {TARGET_CONCURRENT_RATIO}: {_met(met['concurrent_ratio'])}); over raw "
+        f"batch {c['clients']}: {c['ratio_at_clients_batch']:.2f}; with "
+        f"{c['tiles_per_request_grouped']} tiles per request: {c['ratio_grouped']:.2f}"
     )
     print(
         f"classify_scene, pixels/s over raw predict: {s['ratio']:.2f} "
@@ -1121,7 +1153,9 @@ def run(args: argparse.Namespace) -> None:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
             print(f"wrote {args.json}")
         worst = max(
-            single["max_abs_probability_difference"], scene["max_abs_probability_difference"]
+            single["max_abs_probability_difference"],
+            concurrent["max_abs_probability_difference"],
+            scene["max_abs_probability_difference"],
         )
         if worst > 1e-3:
             raise SystemExit(f"the served paths and the raw path disagree by up to {worst:.2e}")
