@@ -1050,7 +1050,7 @@ def _print_breakdown(breakdown: dict, single: dict) -> None:
             [name, (value, ".2f")] for name, value in b["server_cpu_ms_per_tile_by_thread"].items()
         ]
         rows.append(["server process, all threads", (b["server_cpu_ms_per_tile"], ".2f")])
-        rows.append(["the clients (this process)", (b["client_cpu_ms_per_tile"], ".2f")])
+        rows.append(["the clients (bench/loadgen.py)", (b["client_cpu_ms_per_tile"], ".2f")])
         print_table(["server CPU per tile, by thread", "ms"], rows)
         g = b["grouped"]
         print(
