@@ -215,3 +215,18 @@ def test_bytes_get_every_check_a_file_gets(tmp_path):
     ) as error:
         read_tile(truncated(data, 0.5), max_bytes=BUDGET, name="w.tif")
     assert "/vsimem/" not in str(error.value)  # GDAL's in-memory path is replaced by the name
+
+
+def test_without_georeferencing_the_pixels_and_nodata_are_the_same_and_no_crs_is_read(tmp_path):
+    array = random_tiles(1, shape=(40, 48, 5), dtype="uint16")[0]
+    path = write_tile(tmp_path / "t.tif", array, nodata=0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels, info = read_tile(path.read_bytes(), max_bytes=BUDGET, georeferencing=False)
+    georeferenced = read_tile(path, max_bytes=BUDGET)[1]
+
+    np.testing.assert_array_equal(pixels, array)
+    assert georeferenced.crs == "EPSG:32633"
+    assert (info.crs, info.transform) == (None, None)
+    assert info == RasterInfo(48, 40, 5, "uint16", 0.0, None, None)

@@ -92,7 +92,12 @@ def _read_tiles(
     tiles = []
     for uploaded in files:
         try:
-            pixels, info = read_tile(uploaded.source, max_bytes=max_bytes, name=uploaded.filename)
+            pixels, info = read_tile(
+                uploaded.source,
+                max_bytes=max_bytes,
+                name=uploaded.filename,
+                georeferencing=False,  # a tile's class needs its pixels, not where they are
+            )
             check_raster(info, model_input, uploaded.filename)
         except InvalidRasterError as exc:
             raise Problem(
