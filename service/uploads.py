@@ -106,7 +106,7 @@ async def receive_multipart(
     declared = int(declared) if declared and declared.isdigit() else None
     if declared is not None and declared > max_bytes:
         raise Problem(413, _too_large(max_bytes))
-    in_memory = declared is not None and declared <= in_memory_up_to
+    in_memory = declared is not None and declared <= in_memory_up_to and in_memory_up_to > 0
     if not in_memory:
         upload_dir.mkdir(parents=True, exist_ok=True)
     result = MultipartUpload()
