@@ -68,16 +68,16 @@ class ModelCache:
         self.loads = 0  # how many times a model was read from disk (tests and metrics)
 
     def get(self, model_id: str, loader: Callable[[], ServedModel]) -> ServedModel:
+        served = self.peek(model_id)
+        if served is not None:
+            return served
         with self._lock:
-            if model_id in self._models:
-                self._models.move_to_end(model_id)
-                return self._models[model_id]
             loading = self._loading.setdefault(model_id, threading.Lock())
         with loading:
-            with self._lock:
-                if model_id in self._models:
-                    self._models.move_to_end(model_id)
-                    return self._models[model_id]
+            # Another request may have loaded it while this one waited.
+            served = self.peek(model_id)
+            if served is not None:
+                return served
             served = loader()
             with self._lock:
                 self.loads += 1
