@@ -16,7 +16,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ except ImportError as error:
     sys.exit(
         f"bench/ingest.py needs httpx and psutil: .venv/bin/pip install httpx psutil ({error})"
     )
+
+from api_process import free_port, wait_for_health
 
 MB = 2**20  # binary units, as anyband.settings counts its limits
 GB = 2**30
@@ -244,26 +245,6 @@ def measure_library(
 
 def _log_tail(log_path: Path, chars: int = 3000) -> str:
     return f"--- {log_path.name} (tail) ---\n{log_path.read_text(errors='replace')[-chars:]}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_health(base_url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"anyband api exited with rc={server.returncode} before it answered")
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise SystemExit(f"anyband api did not answer GET /healthz within {timeout:.0f}s")
 
 
 def measure_server(zip_path: Path, data_dir: Path, log_path: Path, num_tiles: int) -> Measurement:

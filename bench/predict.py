@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,8 @@ except ImportError as error:
     sys.exit(
         f"bench/predict.py needs httpx and psutil: .venv/bin/pip install httpx psutil ({error})"
     )
+
+from api_process import free_port, wait_for_health
 
 REPO = Path(__file__).resolve().parent.parent
 # The project's targets.
@@ -160,12 +161,6 @@ def tile_upload(name: str, data: bytes) -> list:
 # ---------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """`anyband api` as a subprocess; `instrumented`: the same app plus routes that report its
     micro-batcher's model calls and its threads (for --breakdown only)."""
@@ -192,7 +187,7 @@ class Server:
 
     def __enter__(self) -> Server:
         try:
-            self._wait_for_health()
+            wait_for_health(self.base_url, self.process, log_path=self.log_path)
         except BaseException:
             self.stop()
             raise
@@ -200,20 +195,6 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _wait_for_health(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise SystemExit(f"anyband api exited with rc={self.process.returncode}\n{tail}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise SystemExit(f"anyband api did not answer GET /healthz within {timeout:.0f}s")
 
     def cpu_seconds(self) -> float:
         times = psutil.Process(self.process.pid).cpu_times()
