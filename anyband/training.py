@@ -386,17 +386,7 @@ def _train(spec, run, tiles, labels, summary, bands, mean, std, checkpoint, star
     )  # fmt: skip
 
     with dtype_policy(policy), strategy.scope():
-        model = build_classifier(
-            len(bands),
-            len(summary["classes"]),
-            strategy=spec.init_strategy,
-            weights=weights,
-            rgb_bands=tuple(spec.rgb_bands),
-            initializer=spec.initializer,
-            band_mean=mean.tolist(),
-            band_std=std.tolist(),
-            seed=spec.seed,
-        )
+        model = spec_classifier(spec, len(summary["classes"]), mean, std, weights=weights)
         if checkpoint is not None:
             load_checkpoint_weights(model, checkpoint)
             log.info("resuming after epoch %d of %d", start, spec.epochs)
@@ -438,21 +428,30 @@ def _train(spec, run, tiles, labels, summary, bands, mean, std, checkpoint, star
     )
 
 
+def spec_classifier(
+    spec: JobSpec, classes: int, mean: np.ndarray, std: np.ndarray, *, weights: str
+) -> keras.Model:
+    """The classifier a job spec describes, for the bands whose training-cache mean and std
+    (constant bands' std already 1) are given: what training fits and what it saves."""
+    return build_classifier(
+        len(mean),
+        classes,
+        strategy=spec.init_strategy,
+        weights=weights,
+        rgb_bands=tuple(spec.rgb_bands),
+        initializer=spec.initializer,
+        band_mean=mean.tolist(),
+        band_std=std.tolist(),
+        seed=spec.seed,
+    )
+
+
 def _serving_copy(
     model: keras.Model, spec: JobSpec, classes: int, mean: np.ndarray, std: np.ndarray
 ) -> keras.Model:
     """The trained weights in a float32, uncompiled twin: what is saved and served. It holds no
     optimizer state (a third of the file) and computes in float32 on any device."""
-    serving = build_classifier(
-        len(mean),
-        classes,
-        strategy=spec.init_strategy,
-        weights="none",
-        rgb_bands=tuple(spec.rgb_bands),
-        band_mean=mean.tolist(),
-        band_std=std.tolist(),
-        seed=spec.seed,
-    )
+    serving = spec_classifier(spec, classes, mean, std, weights="none")
     serving.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return serving
 

@@ -4,7 +4,7 @@
         [--no-augment] [--repeat 3] [--breakdown] [--workdir /tmp] [--keep] [--json PATH]
 
 One run writes a dataset of 13-band uint16 64x64 GeoTIFFs into a zip, ingests it with
-`ingest_dataset_zip`, then trains the same ResNet50 (same `build_classifier` call, same layers
+`ingest_dataset_zip`, then trains the same ResNet50 (same `spec_classifier` call, same layers
 trainable, same optimizer, loss, batch size and train/validation split) twice:
 
 - raw: `model.fit` on the split held in RAM as float32 numpy arrays, nothing else;
@@ -45,7 +45,6 @@ from rasterio.transform import from_origin
 import anyband
 from anyband.datasets import DatasetLimits, ingest_dataset_zip, load_training_cache
 from anyband.jobspec import JobSpec
-from anyband.model import build_classifier
 from anyband.training import (
     PHASE_FINE_TUNE,
     distribution_strategy,
@@ -53,6 +52,7 @@ from anyband.training import (
     make_dataset,
     precision_policy,
     set_phase,
+    spec_classifier,
     stratified_split,
     train,
 )
@@ -147,23 +147,13 @@ def write_dataset_zip(zip_path: Path, num_tiles: int, seed: int = 0) -> None:
 # ---------------------------------------------------------------- the two paths
 
 
-def compiled_model(spec: JobSpec, summary: dict, bands: int) -> keras.Model:
+def compiled_model(spec: JobSpec, summary: dict) -> keras.Model:
     """The model `train` fits in its fine-tune phase: same build call, layers, optimizer, loss.
     Call inside `job_scope()`."""
     mean = np.asarray(summary["band_stats"]["mean"], dtype="float64")
     std = np.asarray(summary["band_stats"]["std"], dtype="float64")
     std = np.where(std > 0, std, 1.0)
-    model = build_classifier(
-        bands,
-        len(summary["classes"]),
-        strategy=spec.init_strategy,
-        weights=WEIGHTS,
-        rgb_bands=tuple(spec.rgb_bands),
-        initializer=spec.initializer,
-        band_mean=mean.tolist(),
-        band_std=std.tolist(),
-        seed=spec.seed,
-    )
+    model = spec_classifier(spec, len(summary["classes"]), mean, std, weights=WEIGHTS)
     set_phase(model, PHASE_FINE_TUNE, freeze_batch_norm=WEIGHTS != "none")
     model.compile(
         optimizer=keras.optimizers.Adam(spec.fine_tune_learning_rate),
@@ -190,7 +180,7 @@ def measure_raw(spec: JobSpec, dataset_dir: Path) -> Measurement:
     x_val, y_val = np.array(tiles[val_index], np.float32), labels[val_index]
     clock = EpochClock()
     with job_scope(spec):
-        model = compiled_model(spec, summary, tiles.shape[-1])
+        model = compiled_model(spec, summary)
         model.fit(
             x_train,
             y_train,
@@ -273,7 +263,7 @@ def measure_fit_on_job_dataset(spec: JobSpec, dataset_dir: Path) -> Measurement:
     )  # fmt: skip
     clock = EpochClock()
     with job_scope(spec):
-        model = compiled_model(spec, summary, tiles.shape[-1])
+        model = compiled_model(spec, summary)
         model.fit(
             train_ds,
             validation_data=val_ds,
