@@ -60,9 +60,20 @@ def check_raster(info: RasterInfo, model: ModelInput, name: str, *, min_size: in
 def invalid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
     """(..., bands) True where a value is nodata, NaN or infinite as float32: the rule the
     training cache was built with."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        invalid = ~np.isfinite(pixels.astype(np.float32, copy=False))
+    return _invalid(pixels, nodata, None)
+
+
+def _invalid(pixels: np.ndarray, nodata: float | None, as_float32: np.ndarray | None):
+    """`invalid_pixels`, reusing `pixels` already cast to float32 when the caller has them."""
     marker = nodata_as(nodata, pixels.dtype)
+    if pixels.dtype.kind in "iu":  # every integer is finite in float32
+        if marker is None:
+            return np.zeros(pixels.shape, dtype=bool)
+        return pixels == marker
+    if as_float32 is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            as_float32 = pixels.astype(np.float32, copy=False)
+    invalid = ~np.isfinite(as_float32)
     if marker is not None:
         invalid |= pixels == marker
     return invalid
@@ -73,13 +84,16 @@ def prepare(pixels: np.ndarray, model: ModelInput, nodata: float | None = None) 
     invalid values set to the band mean exactly as the training cache holds them. `nodata` is
     the raster's own (default: the dataset's)."""
     nodata = model.nodata if nodata is None else nodata
-    selected = pixels[..., model.band_index]
-    invalid = invalid_pixels(selected, nodata)
+    if model.bands == tuple(range(1, pixels.shape[-1] + 1)):
+        selected = pixels  # every band, in order: no copy before the cast
+    else:
+        selected = np.take(pixels, model.band_index, axis=-1)
     with np.errstate(over="ignore"):
-        out = selected.astype(np.float32)
+        out = selected.astype(np.float32, order="C")
+    invalid = _invalid(selected, nodata, out)
     if invalid.any():
-        means = np.broadcast_to(np.asarray(model.band_mean, dtype=np.float32), out.shape)
-        out[invalid] = means[invalid]
+        means = np.asarray(model.band_mean, dtype=np.float32)
+        np.copyto(out, np.broadcast_to(means, out.shape), where=invalid)
     return out
 
 
