@@ -95,8 +95,9 @@ def classify_scene(
     the input's name in messages.
 
     The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
-    blocks, at least one), left to right, each from its top to its bottom one strip of windows at
-    a time. A chunk reads the input columns of the windows that own any of its pixels, so a
+    blocks, at least one, and no narrower than the input's blocks: a striped input, whose blocks
+    are whole rows, in one chunk), left to right, each from its top to its bottom one strip of
+    windows at a time. A chunk reads the input columns of the windows that own any of its pixels, so a
     window across a chunk's edge is predicted in both chunks. Windows reach `predict`
     `batch_size` at a time whatever the chunk's width: a batch may span strips, and only the
     scene's last is smaller. `should_stop()` is asked before each strip is read, True raising
@@ -112,9 +113,9 @@ def classify_scene(
     (1 + classes) x (256 + tile_h) x chunk_width float32; and GDAL's block cache, capped for the
     call at the input blocks one strip of a chunk touches, (tile_h + 2 x block height) x
     (chunk_width + 2 x tile_w + 2 x block width) x bands x itemsize, at least 4 MiB, at most the
-    scene. Except for a striped (untiled) input: its blocks are whole rows, so that cap is
-    (tile_h + 2 x rows per strip) x width and grows with the scene's width, and each chunk
-    decodes the rows again.
+    scene. Except for a striped (untiled) input: its blocks are whole rows, so it is read in one
+    chunk the scene's width (each row decoded once), and the strips, the output rows and that
+    cap, (tile_h + 2 x rows per strip) x width, grow with the scene's width.
     """
     strides = _check_stride(stride, tile_size)
     if chunk_width < 1:
@@ -134,9 +135,7 @@ def classify_scene(
             rows = _window_starts(info.height, tile_h, strides[0])
             cols = _window_starts(info.width, tile_w, strides[1])
             row_bounds = _owned_bounds(rows, tile_h, info.height)
-            # Whole output blocks a chunk, so that each block is written once.
-            block_w = output.block_shapes[0][1]
-            chunks = _chunks(cols, tile_w, info.width, max(1, chunk_width // block_w) * block_w)
+            chunks = _chunks(cols, tile_w, info.width, _chunk_step(source, output, chunk_width))
             read_width = max(chunk.read_width for chunk in chunks)
             stack.enter_context(_capped_block_cache(_cache_bytes(source, tile_h, read_width)))
             queue = _WindowQueue(predict, model_input, nodata, batch_size, len(classes))
@@ -242,6 +241,16 @@ def _chunks(starts: list[int], tile: int, length: int, step: int) -> list[_Chunk
             )
         )
     return chunks
+
+
+def _chunk_step(source, output, chunk_width: int) -> int:
+    """Columns a chunk: whole output blocks, so that each is written once, and no narrower than
+    the input's blocks. A striped input's blocks are whole rows: in narrower chunks, GDAL would
+    decode every row once per chunk (a 10980 px wide scene eleven times at 1024 px)."""
+    block_w = output.block_shapes[0][1]
+    step = max(1, chunk_width // block_w) * block_w
+    input_block_w = source.block_shapes[0][1]
+    return max(step, -(-input_block_w // block_w) * block_w)
 
 
 @contextmanager

@@ -90,7 +90,8 @@ def two_part_scene(height=200, width=300, split=160, bands=3, seed=0) -> np.ndar
 
 
 def classify(tmp_path, array, inputs=None, classes=("left", "middle", "right"), **kwargs):
-    raster = {k: kwargs.pop(k) for k in ("nodata", "crs") if k in kwargs}
+    layout = ("nodata", "crs", "tiled", "blockxsize", "blockysize")
+    raster = {k: kwargs.pop(k) for k in layout if k in kwargs}
     source = write_tile(tmp_path / "scene.tif", array, **raster)
     inputs = inputs or model_input(array.shape[-1])
     model = band_model(len(inputs.bands), len(classes))
@@ -217,7 +218,8 @@ def test_chunks_of_columns_give_the_map_of_one_chunk_and_count_each_window_once(
 ):
     # The class map's blocks are 256 px wide (96 at 100 px) and chunk_width=1 rounds up to one
     # block: chunks of 256, 256 and 88 columns (96 and 4). A window owning columns on both sides
-    # of a chunk's edge is predicted in both chunks.
+    # of a chunk's edge is predicted in both chunks. The input is tiled in 16 px blocks (a
+    # striped one is read in one chunk: see the next test).
     block = min(256, width // 16 * 16)
     rng = np.random.default_rng(2)
     array = rng.integers(1, 1000, size=(height, width, 3)).astype("uint16")
@@ -234,6 +236,7 @@ def test_chunks_of_columns_give_the_map_of_one_chunk_and_count_each_window_once(
         result, output, _ = classify(
             tmp_path, array, stride=stride, nodata=0, chunk_width=chunk_width, batch_size=16,
             predict=predict, on_progress=lambda *p, calls=progress[chunk_width]: calls.append(p),
+            tiled=True, blockxsize=16, blockysize=16,
         )  # fmt: skip
         maps[chunk_width] = read_output(output)
 
@@ -385,6 +388,30 @@ def test_predict_with_the_wrong_output_shape_is_refused(tmp_path, out_dir):
             tile_size=TILE, max_bytes=BUDGET,
         )  # fmt: skip
     assert os.listdir(out_dir) == []
+
+
+def test_a_striped_scene_is_read_in_one_chunk_whatever_the_chunk_width(tmp_path):
+    # Its blocks are whole rows: in 256 px chunks GDAL would decode each row three times, and
+    # the windows across the chunks' edges would be predicted twice.
+    array = np.random.default_rng(3).integers(1, 1000, size=(96, 600, 3)).astype("uint16")
+    model, maps, predicted = band_model(3, 3), {}, {}
+    for layout in ("striped", "tiled"):
+        sizes = predicted.setdefault(layout, [])
+
+        def predict(windows, sizes=sizes):
+            sizes.append(len(windows))
+            return predictor(model)(windows)
+
+        tiled = {"tiled": True, "blockxsize": 16, "blockysize": 16} if layout == "tiled" else {}
+        result, output, _ = classify(
+            tmp_path, array, stride=24, chunk_width=1, predict=predict, **tiled
+        )
+        maps[layout] = read_output(output)
+        with rasterio.open(tmp_path / "scene.tif") as source:
+            assert (source.block_shapes[0][1] == 600) is (layout == "striped")
+    np.testing.assert_array_equal(maps["striped"], maps["tiled"])
+    assert sum(predicted["striped"]) == result.windows  # one chunk: every window once
+    assert sum(predicted["tiled"]) > result.windows  # three chunks: the edges' windows twice
 
 
 def test_gdal_block_cache_is_capped_during_a_scene_and_restored_after(tmp_path):
