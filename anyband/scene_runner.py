@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 import traceback
+from collections.abc import Callable
 
 from anyband import jobs
 from anyband.errors import JobCancelled
@@ -16,6 +19,9 @@ log = logging.getLogger("anyband.scenes")
 
 SCENE_INPUT = "input.tif"
 SCENE_RESULT = "result.tif"
+# A scene reports progress after every strip of every chunk (256 times for a 4096 px square);
+# the database hears of it at most this often, and always of the last window.
+PROGRESS_SECONDS = 1.0
 
 
 def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
@@ -49,8 +55,9 @@ def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
                     stride=scene.stride,
                     max_bytes=settings.max_scene_bytes,
                     name=scene.filename,
-                    on_progress=lambda done, total: lease.renew(
-                        windows_done=done, windows_total=total
+                    on_progress=at_most_every(
+                        PROGRESS_SECONDS,
+                        lambda done, total: lease.renew(windows_done=done, windows_total=total),
                     ),
                     should_stop=lease.lost.is_set,
                 )
@@ -66,6 +73,23 @@ def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
         return _status(sessions, scene_id)
     finally:
         sessions.kw["bind"].dispose()
+
+
+def at_most_every(
+    seconds: float, report: Callable[[int, int], object]
+) -> Callable[[int, int], None]:
+    """`report(done, total)` for the first call, then once `seconds` have passed since the last
+    report, and always when done == total."""
+    last = -math.inf
+
+    def throttled(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done >= total or now - last >= seconds:
+            last = now
+            report(done, total)
+
+    return throttled
 
 
 def _status(sessions, scene_id: str) -> str:
