@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -150,12 +150,16 @@ def read_tile(
     max_bytes: int,
     name: str | None = None,
     georeferencing: bool = True,
+    before_read: Callable[[RasterInfo], None] | None = None,
 ) -> tuple[np.ndarray, RasterInfo]:
     """All bands of a GeoTIFF (a path or a file's bytes) as an (H, W, bands) array in the
-    file's dtype, with its header (see `open_geotiff` for `georeferencing`)."""
+    file's dtype, with its header (see `open_geotiff` for `georeferencing`). `before_read(info)`
+    is called once the header is checked and before any pixel is decoded: it may raise."""
     opened = open_geotiff(source, max_bytes=max_bytes, name=name, georeferencing=georeferencing)
     with opened as dataset:
         info = raster_info(dataset)
+        if before_read is not None:
+            before_read(info)
         pixels = dataset.read()
     return np.moveaxis(pixels, 0, -1), info
 

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # ones it has not seen), so that under load a batch does not leave half empty.
     predict_batch_hold_ms: float = Field(default=20.0, ge=0)
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
+    # The decoded pixels of one predict request, as read plus as float32 for the model (413).
+    max_predict_bytes: int = Field(default=1 * GB, gt=0)
     # Predict bodies up to this size are parsed in memory; larger ones stream to disk first.
     predict_in_memory_bytes: int = Field(default=64 * MB, ge=0)
     # A scene is read window by window, so its budget is far above one tile's.

@@ -230,3 +230,24 @@ def test_without_georeferencing_the_pixels_and_nodata_are_the_same_and_no_crs_is
     assert georeferenced.crs == "EPSG:32633"
     assert (info.crs, info.transform) == (None, None)
     assert info == RasterInfo(48, 40, 5, "uint16", 0.0, None, None)
+
+
+def test_before_read_sees_the_checked_header_and_can_refuse_before_any_pixel(tmp_path):
+    array = np.arange(40 * 48 * 3, dtype="uint16").reshape(40, 48, 3)
+    data = tile_bytes(array, nodata=7)
+    seen = []
+    pixels, info = read_tile(data, max_bytes=2**20, before_read=seen.append)
+    assert seen == [info] and (info.width, info.height, info.count) == (48, 40, 3)
+    np.testing.assert_array_equal(pixels, array)
+
+    class Refused(Exception):
+        pass
+
+    def refuse(info):
+        raise Refused(info.nbytes)
+
+    with pytest.raises(Refused, match=str(40 * 48 * 3 * 2)):
+        read_tile(data, max_bytes=2**20, before_read=refuse)
+    # The header budget comes first: an oversized tile never reaches before_read.
+    with pytest.raises(InvalidRasterError, match="budget"):
+        read_tile(data, max_bytes=1024, before_read=refuse)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
@@ -10,8 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput, check_raster, prepare
-from anyband.rasters import read_tile
+from anyband.rasters import RasterInfo, format_bytes, read_tile
 from anyband.serving import ServedModel
+from anyband.settings import Settings
 from service.deps import SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404
@@ -55,9 +57,7 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                     413,
                     f"{len(files)} tiles in one request; send at most {settings.max_predict_files}",
                 )
-            tiles = await run_in_threadpool(
-                _read_tiles, files, served.model_input, settings.max_tile_bytes
-            )
+            tiles = await run_in_threadpool(_read_tiles, files, served.model_input, settings)
         finally:
             upload.remove()
         answers = [batcher.enqueue(tile[np.newaxis]) for tile in tiles]
@@ -86,19 +86,35 @@ async def _load(request: Request, model_id: str) -> ServedModel:
 
 
 def _read_tiles(
-    files: list[UploadedFile], model_input: ModelInput, max_bytes: int
+    files: list[UploadedFile], model_input: ModelInput, settings: Settings
 ) -> list[np.ndarray]:
-    """Each tile checked as untrusted and against the model, then made ready for it."""
-    tiles = []
+    """Each tile checked as untrusted and against the model, then made ready for it. The
+    request's pixels, as read and as the model's float32, must fit `max_predict_bytes`: checked
+    from each header before its pixels are decoded (a small body can declare huge tiles)."""
+    tiles, decoded = [], 0
+
+    def check(info: RasterInfo, name: str) -> None:
+        nonlocal decoded
+        check_raster(info, model_input, name)
+        decoded += info.nbytes + info.width * info.height * len(model_input.bands) * 4
+        if decoded > settings.max_predict_bytes:
+            raise Problem(
+                413,
+                f"the tiles of this request up to {name!r} decode to {format_bytes(decoded)} "
+                f"(as read, plus float32 for the model), over the "
+                f"{format_bytes(settings.max_predict_bytes)} one predict request may hold; "
+                f"send them in several requests",
+            )
+
     for uploaded in files:
         try:
             pixels, info = read_tile(
                 uploaded.source,
-                max_bytes=max_bytes,
+                max_bytes=settings.max_tile_bytes,
                 name=uploaded.filename,
                 georeferencing=False,  # a tile's class needs its pixels, not where they are
+                before_read=partial(check, name=uploaded.filename),
             )
-            check_raster(info, model_input, uploaded.filename)
         except InvalidRasterError as exc:
             raise Problem(
                 422,

@@ -182,6 +182,25 @@ def test_bad_tile_is_a_clear_4xx_and_the_server_stays_healthy(api, trained, file
     assert ok.status_code == 200
 
 
+def test_tiles_decoding_beyond_the_request_budget_are_a_413_before_their_pixels(trained):
+    settings, model, _ = trained
+    # A 32 x 32 x 6 uint16 tile is 12 KiB as read and 12 KiB as float32 for the 3 model bands.
+    budget = settings.model_copy(update={"max_predict_bytes": 60 * 1024})
+    url = f"/v1/models/{model['id']}/predict"
+    with TestClient(create_app(budget), raise_server_exceptions=False) as client:
+        two = {"a.tif": good_tile(1), "b.tif": good_tile(2)}
+        assert client.post(url, files=tile_upload(two)).status_code == 200
+        three = {**two, "c.tif": good_tile(3)}
+        response = client.post(url, files=tile_upload(three))
+        assert_problem(response, 413, "up to 'c.tif' decode to 72 KiB", "over the 60 KiB")
+        # One bigger tile is refused from its header; the server stays up and keeps answering.
+        big = np.zeros((512, 512, BANDS), "uint16")
+        assert_problem(client.post(url, files=tile_upload({"big.tif": big})), 413, "'big.tif'")
+        assert client.get("/healthz").status_code == 200
+        assert client.post(url, files=tile_upload(two)).status_code == 200
+    assert not any((settings.data_dir / "uploads").iterdir())
+
+
 def test_unknown_model_is_404(api):
     response = api.post("/v1/models/nope/predict", files=tile_upload({"a.tif": good_tile()}))
     assert_problem(response, 404, "no model with id 'nope'")
