@@ -97,10 +97,10 @@ def classify_scene(
     The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
     blocks, at least one, and no narrower than the input's blocks: a striped input, whose blocks
     are whole rows, in one chunk), left to right, each from its top to its bottom one strip of
-    windows at a time. A chunk reads the input columns of the windows that own any of its pixels, so a
-    window across a chunk's edge is predicted in both chunks. Windows reach `predict`
-    `batch_size` at a time whatever the chunk's width: a batch may span strips, and only the
-    scene's last is smaller. `should_stop()` is asked before each strip is read, True raising
+    windows at a time. A chunk reads the input columns of the windows that own any of its
+    pixels, so a window across a chunk's edge is predicted in both chunks. Windows reach
+    `predict` `batch_size` at a time whatever the chunk's width: a batch may span strips, and
+    only the scene's last is smaller. `should_stop()` is asked before each strip is read, True raising
     JobCancelled with nothing written; `on_progress(windows done, total)` is called as each
     strip's rows are complete, a window counted in the chunk where its pixels begin, the last
     call at the total.
