@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput, check_raster, prepare
-from anyband.rasters import RasterInfo, format_bytes, read_tile
+from anyband.rasters import RasterInfo, declared_bytes, format_bytes, read_tile
 from anyband.serving import ServedModel
 from anyband.settings import Settings
 from service.deps import SettingsDep, require_api_key
@@ -96,7 +96,8 @@ def _read_tiles(
     def check(info: RasterInfo, name: str) -> None:
         nonlocal decoded
         check_raster(info, model_input, name)
-        decoded += info.nbytes + info.width * info.height * len(model_input.bands) * 4
+        for_model = declared_bytes(info.width, info.height, len(model_input.bands), "float32")
+        decoded += info.nbytes + for_model
         if decoded > settings.max_predict_bytes:
             raise Problem(
                 413,
