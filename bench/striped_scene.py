@@ -23,9 +23,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# `python bench/striped_scene.py` puts bench/ first on the path, not the repo: tests/ lives there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import rasterio
@@ -34,22 +38,12 @@ from rasterio.windows import Window
 
 from anyband.inference import ModelInput, prepare
 from anyband.scenes import classify_scene
+from tests.test_scenes import band_model
 
 BANDS = 13
 TILE = 64
 BATCH = 64
 CLASSES = ("a", "b", "c")
-
-
-def band_model():
-    """Mean of each band -> softmax over 3 classes: a model that costs next to nothing."""
-    import keras
-
-    inputs = keras.Input((None, None, BANDS))
-    dense = keras.layers.Dense(len(CLASSES), activation="softmax")
-    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
-    dense.set_weights([0.01 * np.eye(BANDS, len(CLASSES), dtype="float32"), np.zeros(3)])
-    return model
 
 
 def write_scene(path: Path, width: int, height: int, tiled: bool) -> None:
@@ -114,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="anyband-bench-striped-", dir=args.workdir))
     try:
-        model = band_model()
+        model = band_model(BANDS, len(CLASSES), scale=0.01)  # mean of each band, softmax
         inputs = ModelInput(BANDS, tuple(range(1, BANDS + 1)), tuple([500.0] * BANDS))
         rows = []
         for layout in ("striped", "tiled"):
