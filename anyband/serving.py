@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,3 +99,58 @@ class ModelCache:
     def __contains__(self, model_id: str) -> bool:
         with self._lock:
             return model_id in self._models
+
+
+class MemoryBudget:
+    """Bytes that concurrent requests may hold at once, shared across threads.
+
+    A reservation that does not fit is refused at once, never waited for: a request that held
+    part of the budget while it waited for more could wait forever on another doing the same.
+    """
+
+    def __init__(self, total: int):
+        if total < 1:
+            raise ValueError(f"total must be >= 1 byte. Received: total={total}")
+        self.total = total
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return self._held
+
+    @contextmanager
+    def reservation(self) -> Iterator[Reservation]:
+        """A reservation that grows with `add` and gives all it holds back on exit."""
+        reservation = Reservation(self)
+        try:
+            yield reservation
+        finally:
+            with self._lock:
+                self._held -= reservation.nbytes
+            reservation.nbytes = 0
+
+    def _take(self, nbytes: int) -> bool:
+        with self._lock:
+            if self._held + nbytes > self.total:
+                return False
+            self._held += nbytes
+            return True
+
+
+class Reservation:
+    """What one request holds of a MemoryBudget."""
+
+    def __init__(self, budget: MemoryBudget):
+        self.budget = budget
+        self.nbytes = 0
+
+    def add(self, nbytes: int) -> bool:
+        """Hold `nbytes` more if the budget has room (True), else hold nothing more (False)."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0. Received: nbytes={nbytes}")
+        if not self.budget._take(nbytes):
+            return False
+        self.nbytes += nbytes
+        return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 2**20
@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
     # The decoded pixels of one predict request, as read plus as float32 for the model (413).
     max_predict_bytes: int = Field(default=1 * GB, gt=0)
+    # The same, summed over every predict request in flight: beyond it a request is answered
+    # 503 with Retry-After, before its pixels are decoded, rather than the API running out of
+    # memory under many concurrent requests. At least max_predict_bytes.
+    max_predict_inflight_bytes: int = Field(default=4 * GB, gt=0)
     # Predict bodies up to this size are parsed in memory; larger ones stream to disk first.
     predict_in_memory_bytes: int = Field(default=64 * MB, ge=0)
     # A scene is read window by window, so its budget is far above one tile's.
@@ -69,6 +73,17 @@ class Settings(BaseSettings):
     imagenet_weights: Path | None = None
     # Off by default: a GPU box behind a firewall should fail fast with instructions, not hang.
     allow_downloads: bool = False
+
+    @model_validator(mode="after")
+    def _one_request_fits_the_server(self) -> Settings:
+        if self.max_predict_inflight_bytes < self.max_predict_bytes:
+            raise ValueError(
+                "ANYBAND_MAX_PREDICT_INFLIGHT_BYTES must be at least ANYBAND_MAX_PREDICT_BYTES, "
+                "or a request within its own budget could never be answered. Received: "
+                f"max_predict_inflight_bytes={self.max_predict_inflight_bytes}, "
+                f"max_predict_bytes={self.max_predict_bytes}"
+            )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

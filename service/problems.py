@@ -15,11 +15,20 @@ PROBLEM_JSON = "application/problem+json"
 class Problem(Exception):
     """Raise from a route to answer with a problem detail."""
 
-    def __init__(self, status: int, detail: str, *, errors: list[dict] | None = None, **extra):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: list[dict] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra,
+    ):
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.errors = errors
+        self.headers = headers
         self.extra = extra
 
 
@@ -40,7 +49,7 @@ def problem_response(status: int, detail: str, errors=None, headers=None, **extr
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_request: Request, exc: Problem):
-        return problem_response(exc.status, exc.detail, exc.errors, **exc.extra)
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException):

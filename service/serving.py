@@ -1,5 +1,6 @@
 """The API's inference state: the model cache, one micro-batcher per loaded model, one
-inference thread (a GPU runs one batch at a time anyway; TensorFlow uses every core per call)."""
+inference thread (a GPU runs one batch at a time anyway; TensorFlow uses every core per call),
+and the memory budget that all predict requests in flight share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from anyband.batching import MicroBatcher
 from anyband.paths import model_dir
-from anyband.serving import ModelCache, ServedModel, load_served_model
+from anyband.serving import MemoryBudget, ModelCache, ServedModel, load_served_model
 from anyband.settings import Settings
 from anyband.store import Model
 
@@ -18,6 +19,7 @@ class Serving:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.cache = ModelCache(settings.model_cache_size)
+        self.memory = MemoryBudget(settings.max_predict_inflight_bytes)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anyband-inference")
         self._batchers: dict[str, tuple[ServedModel, MicroBatcher]] = {}
 

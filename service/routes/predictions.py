@@ -12,13 +12,17 @@ from fastapi.concurrency import run_in_threadpool
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput, check_raster, prepare
 from anyband.rasters import RasterInfo, declared_bytes, format_bytes, read_tile
-from anyband.serving import ServedModel
+from anyband.serving import Reservation, ServedModel
 from anyband.settings import Settings
 from service.deps import SettingsDep, require_api_key
-from service.problems import PROBLEM_RESPONSES, Problem
+from service.problems import PROBLEM_JSON, PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404
 from service.schemas import PredictionsPublic
 from service.uploads import UploadedFile, multipart_body, receive_multipart
+
+# What a 503 for a full predict memory budget advises: requests in flight finish in well under
+# a second of model time each, so a second later the budget has usually room again.
+RETRY_AFTER_SECONDS = 1
 
 router = APIRouter(
     prefix="/v1/models",
@@ -32,6 +36,14 @@ router = APIRouter(
     "/{model_id}/predict",
     response_model=PredictionsPublic,
     operation_id="predict",
+    responses={
+        503: {
+            "description": "Service Unavailable: the requests in flight hold the memory budget "
+            "(ANYBAND_MAX_PREDICT_INFLIGHT_BYTES); retry after the Retry-After header's seconds",
+            "content": {PROBLEM_JSON: {}},
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        }
+    },
     openapi_extra=multipart_body(
         "GeoTIFF tiles with the dataset's band count, any size >= 32 px",
         file_field="files",
@@ -42,26 +54,31 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
     serving = request.app.state.serving
     served = serving.loaded(model_id) or await _load(request, model_id)
     batcher = await serving.batcher(served)
-    with batcher.expecting():  # a batch forming meanwhile waits for these tiles
-        upload = await receive_multipart(
-            request,
-            settings.data_dir / "uploads",
-            settings.max_upload_bytes,
-            in_memory_up_to=settings.predict_in_memory_bytes,
-            hash_files=False,
-        )
-        try:
-            files = upload.files_named("files")
-            if len(files) > settings.max_predict_files:
-                raise Problem(
-                    413,
-                    f"{len(files)} tiles in one request; send at most {settings.max_predict_files}",
+    # The request's pixels count against what all requests in flight may hold until answered.
+    with serving.memory.reservation() as held:
+        with batcher.expecting():  # a batch forming meanwhile waits for these tiles
+            upload = await receive_multipart(
+                request,
+                settings.data_dir / "uploads",
+                settings.max_upload_bytes,
+                in_memory_up_to=settings.predict_in_memory_bytes,
+                hash_files=False,
+            )
+            try:
+                files = upload.files_named("files")
+                if len(files) > settings.max_predict_files:
+                    raise Problem(
+                        413,
+                        f"{len(files)} tiles in one request; "
+                        f"send at most {settings.max_predict_files}",
+                    )
+                tiles = await run_in_threadpool(
+                    _read_tiles, files, served.model_input, settings, held
                 )
-            tiles = await run_in_threadpool(_read_tiles, files, served.model_input, settings)
-        finally:
-            upload.remove()
-        answers = [batcher.enqueue(tile[np.newaxis]) for tile in tiles]
-    probabilities = await asyncio.gather(*answers)
+            finally:
+                upload.remove()
+            answers = [batcher.enqueue(tile[np.newaxis]) for tile in tiles]
+        probabilities = await asyncio.gather(*answers)
     return {
         "model_id": model_id,
         "predictions": [
@@ -86,18 +103,20 @@ async def _load(request: Request, model_id: str) -> ServedModel:
 
 
 def _read_tiles(
-    files: list[UploadedFile], model_input: ModelInput, settings: Settings
+    files: list[UploadedFile], model_input: ModelInput, settings: Settings, held: Reservation
 ) -> list[np.ndarray]:
     """Each tile checked as untrusted and against the model, then made ready for it. The
-    request's pixels, as read and as the model's float32, must fit `max_predict_bytes`: checked
-    from each header before its pixels are decoded (a small body can declare huge tiles)."""
+    request's pixels, as read and as the model's float32, must fit `max_predict_bytes` and, with
+    every other request in flight, `max_predict_inflight_bytes` (`held`): both checked from each
+    header before its pixels are decoded (a small body can declare huge tiles)."""
     tiles, decoded = [], 0
 
     def check(info: RasterInfo, name: str) -> None:
         nonlocal decoded
         check_raster(info, model_input, name)
         for_model = declared_bytes(info.width, info.height, len(model_input.bands), "float32")
-        decoded += info.nbytes + for_model
+        needed = info.nbytes + for_model
+        decoded += needed
         if decoded > settings.max_predict_bytes:
             raise Problem(
                 413,
@@ -105,6 +124,16 @@ def _read_tiles(
                 f"(as read, plus float32 for the model), over the "
                 f"{format_bytes(settings.max_predict_bytes)} one predict request may hold; "
                 f"send them in several requests",
+            )
+        if not held.add(needed):
+            raise Problem(
+                503,
+                f"the server is busy: predict requests in flight hold "
+                f"{format_bytes(held.budget.held)} of the "
+                f"{format_bytes(held.budget.total)} they may hold at once "
+                f"(ANYBAND_MAX_PREDICT_INFLIGHT_BYTES), and {name!r} needs "
+                f"{format_bytes(needed)} more; retry in a moment",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
 
     for uploaded in files:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from anyband.inference import ModelInput, prepare
 from anyband.runner import run_training_job
@@ -199,6 +200,48 @@ def test_tiles_decoding_beyond_the_request_budget_are_a_413_before_their_pixels(
         assert client.get("/healthz").status_code == 200
         assert client.post(url, files=tile_upload(two)).status_code == 200
     assert not any((settings.data_dir / "uploads").iterdir())
+
+
+def test_tiles_beyond_what_all_requests_in_flight_may_hold_are_a_503_to_retry(trained):
+    settings, model, _ = trained
+    # Each 32 x 32 x 6 uint16 tile holds 24 KiB: 12 KiB as read, 12 KiB as float32 (3 bands).
+    limits = {"max_predict_bytes": 60 * 1024, "max_predict_inflight_bytes": 100 * 1024}
+    url = f"/v1/models/{model['id']}/predict"
+    two = {"a.tif": good_tile(1), "b.tif": good_tile(2)}
+    with TestClient(create_app(settings.model_copy(update=limits))) as client:
+        memory = client.app.state.serving.memory
+        assert client.post(url, files=tile_upload(two)).status_code == 200
+        assert memory.held == 0  # an answered request gives back what it held
+        with memory.reservation() as in_flight:  # another request holds 60 KiB meanwhile
+            assert in_flight.add(60 * 1024)
+            response = client.post(url, files=tile_upload(two))
+            assert_problem(
+                response,
+                503,
+                "in flight hold 84 KiB of the 100 KiB",
+                "(ANYBAND_MAX_PREDICT_INFLIGHT_BYTES), and 'b.tif' needs 24 KiB more",
+            )
+            assert response.headers["retry-after"] == "1"
+            assert memory.held == 60 * 1024  # the refused request gave 'a.tif' back
+            one = client.post(url, files=tile_upload({"a.tif": good_tile(1)}))
+            assert one.status_code == 200  # what fits is still answered
+        # Once the other request is done, the same request is answered, with the same answers.
+        again = client.post(url, files=tile_upload(two))
+        assert again.status_code == 200
+        assert again.json() == client.post(url, files=tile_upload(two)).json()
+        # A tile refused after another was counted gives that one back too.
+        bad = {"a.tif": good_tile(1), "four.tif": good_tile(2)[..., :4]}
+        assert_problem(client.post(url, files=tile_upload(bad)), 422, "tile has 4")
+        assert memory.held == 0
+    assert not any((settings.data_dir / "uploads").iterdir())
+
+
+def test_the_server_wide_predict_budget_must_hold_one_whole_request(tmp_path):
+    with pytest.raises(
+        ValidationError, match="max_predict_inflight_bytes=1024, max_predict_bytes=2048"
+    ):
+        Settings(data_dir=tmp_path, max_predict_bytes=2048, max_predict_inflight_bytes=1024)
+    assert Settings(data_dir=tmp_path, max_predict_bytes=2048, max_predict_inflight_bytes=2048)
 
 
 def test_unknown_model_is_404(api):
