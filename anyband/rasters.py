@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -36,6 +37,9 @@ SUPPORTED_DTYPES = (
     "float32",
     "float64",
 )
+# warnings.catch_warnings swaps process-wide state and is not thread-safe (before Python 3.14):
+# the API's concurrent reads restored each other's filters and let warnings through.
+_WARNINGS_LOCK = threading.Lock()
 # GDAL must look at the one file it was given: no directory listing (so no sidecar .ovr, .aux.xml,
 # world or RPC files are found), no .aux.xml written next to it, no network.
 _GDAL_HARDENING = {
@@ -81,6 +85,15 @@ def format_bytes(size: float) -> str:
     if unit == "bytes":
         return f"{int(size)} bytes"
     return f"{size:.0f} {unit}" if float(size).is_integer() else f"{size:.1f} {unit}"
+
+
+@contextmanager
+def unreferenced_is_normal() -> Iterator[None]:
+    """Open rasters without NotGeoreferencedWarning, safely from many threads: unreferenced chips
+    are normal here (RasterInfo.transform says so with None)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
 
 
 def raster_info(dataset: DatasetReader) -> RasterInfo:
@@ -131,9 +144,7 @@ def open_geotiff(
         hardening = _GDAL_HARDENING if georeferencing else _NO_GEOREFERENCING
         stack.enter_context(rasterio.Env(**hardening))
         try:
-            with warnings.catch_warnings():
-                # Unreferenced chips are normal here; RasterInfo.transform says so with None.
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with unreferenced_is_normal():
                 dataset = stack.enter_context(opened(driver="GTiff"))
         except RasterioError as error:
             raise _corrupt(error, path, name) from error

@@ -8,7 +8,6 @@ import json
 import os
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -18,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.env import get_gdal_config, set_gdal_config
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from anyband.errors import InvalidRasterError, JobCancelled
 from anyband.inference import ModelInput, check_raster, prepare, valid_pixels
-from anyband.rasters import RasterInfo, open_geotiff, raster_info
+from anyband.rasters import RasterInfo, open_geotiff, raster_info, unreferenced_is_normal
 
 OUTPUT_NODATA = -1.0
 # Output tile side: GDAL's usual 256, smaller (a multiple of 16, as TIFF requires) for small scenes.
@@ -344,8 +343,7 @@ def _create_output(path: Path, source, classes: list[str]):
     )
     output = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with unreferenced_is_normal():
             output = rasterio.open(path, "w", **profile)
         output.descriptions = ("class", *(f"p({c})" for c in classes))
         output.update_tags(classes=json.dumps(classes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -251,3 +252,29 @@ def test_before_read_sees_the_checked_header_and_can_refuse_before_any_pixel(tmp
     # The header budget comes first: an oversized tile never reaches before_read.
     with pytest.raises(InvalidRasterError, match="budget"):
         read_tile(data, max_bytes=1024, before_read=refuse)
+
+
+def test_concurrent_reads_of_unreferenced_tiles_warn_nothing():
+    # The API reads tiles in many threads. A per-read warnings.catch_warnings let, in one run,
+    # about one NotGeoreferencedWarning in a thousand reads through: the threads restored each
+    # other's warning filters.
+    data = tile_bytes(random_tiles(1, shape=(32, 32, 3), dtype="uint16")[0], crs=None)
+    failures = []
+
+    def reads():
+        try:
+            for i in range(300):
+                pixels, info = read_tile(data, max_bytes=BUDGET, georeferencing=bool(i % 2))
+                assert pixels.shape == (32, 32, 3) and info.transform is None
+        except BaseException as error:  # reported by the test thread below
+            failures.append(error)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", append=True)  # each one anyband's filters let through
+        threads = [threading.Thread(target=reads) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures
+    assert [str(warning.message) for warning in caught] == []
