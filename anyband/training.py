@@ -294,12 +294,12 @@ class _JobCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.run.should_stop():  # reading a threading.Event is free: every batch
-            self.model.stop_training = True
-            self.run.stopped = True
+            # Raised rather than model.stop_training: with that, Keras still runs the whole
+            # validation pass (minutes on a large dataset) for an epoch that is thrown away,
+            # and a partial epoch is not a checkpoint.
+            raise JobCancelled("training stopped on request")
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.run.stopped:
-            return  # a partial epoch is not a checkpoint
         row = {"epoch": epoch + 1, "phase": self.phase, "learning_rate": self.learning_rate}
         row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
         self.run.history.append(row)
@@ -315,7 +315,6 @@ class _Run:
     should_stop: Callable[[], bool]
     on_epoch: Callable[[int, dict], None]
     history: list[dict] = field(default_factory=list)
-    stopped: bool = False
 
 
 # ---------------------------------------------------------------- training
@@ -410,8 +409,6 @@ def _train(spec, run, tiles, labels, summary, bands, mean, std, checkpoint, star
                 shuffle=False,  # the dataset shuffles itself
                 verbose=verbose,
             )
-            if run.stopped:
-                raise JobCancelled("training stopped on request")
         if run.checkpoints is not None:
             run.checkpoints.wait()  # the last epoch's checkpoint and progress are written
         probabilities = model.predict(val_ds, verbose=0)

@@ -131,6 +131,29 @@ def test_mixed_precision_model_keeps_normalization_and_softmax_in_float32():
     assert float(np.asarray(normalized).mean()) == pytest.approx(0.5 * 57.4, rel=1e-3)
 
 
+def test_a_stop_ends_training_after_that_batch_without_a_validation_pass(
+    dataset_dir, tmp_path, monkeypatch
+):
+    # 18 training tiles in batches of 8: three batches an epoch; stop is asked after the second.
+    spec = JobSpec(dataset_id="d", epochs=2, batch_size=8, weights="none", init_strategy="mean")
+    polls, evaluations = [], []
+    evaluate = keras.Model.evaluate
+
+    def counted_evaluate(model, *args, **kwargs):
+        evaluations.append(kwargs.get("steps"))
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "evaluate", counted_evaluate)
+    with pytest.raises(JobCancelled, match="training stopped on request"):
+        train(
+            spec, dataset_dir, weights="none", job_dir=tmp_path / "job",
+            should_stop=lambda: polls.append(True) or len(polls) >= 2,
+        )  # fmt: skip
+    assert len(polls) == 2  # asked after each batch; the batch that asked was the last
+    assert evaluations == []  # no validation pass for an epoch that is thrown away
+    assert read_checkpoint(tmp_path / "job") is None  # nor a checkpoint of it
+
+
 @pytest.mark.slow
 def test_stopped_training_resumes_from_its_checkpoint(dataset_dir, tmp_path):
     spec = JobSpec(
