@@ -60,9 +60,10 @@ class Settings(BaseSettings):
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
     # The decoded pixels of one predict request, as read plus as float32 for the model (413).
     max_predict_bytes: int = Field(default=1 * GB, gt=0)
-    # The same, summed over every predict request in flight: beyond it a request is answered
-    # 503 with Retry-After, before its pixels are decoded, rather than the API running out of
-    # memory under many concurrent requests. At least max_predict_bytes.
+    # The same plus the bodies parsed in memory, summed over every predict request in flight:
+    # beyond it a request is answered 503 with Retry-After, before its body is read or its
+    # pixels are decoded, rather than the API running out of memory under many concurrent
+    # requests. At least max_predict_bytes + predict_in_memory_bytes.
     max_predict_inflight_bytes: int = Field(default=4 * GB, gt=0)
     # Predict bodies up to this size are parsed in memory; larger ones stream to disk first.
     predict_in_memory_bytes: int = Field(default=64 * MB, ge=0)
@@ -76,12 +77,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_request_fits_the_server(self) -> Settings:
-        if self.max_predict_inflight_bytes < self.max_predict_bytes:
+        one_request = self.max_predict_bytes + self.predict_in_memory_bytes
+        if self.max_predict_inflight_bytes < one_request:
             raise ValueError(
-                "ANYBAND_MAX_PREDICT_INFLIGHT_BYTES must be at least ANYBAND_MAX_PREDICT_BYTES, "
-                "or a request within its own budget could never be answered. Received: "
-                f"max_predict_inflight_bytes={self.max_predict_inflight_bytes}, "
-                f"max_predict_bytes={self.max_predict_bytes}"
+                "ANYBAND_MAX_PREDICT_INFLIGHT_BYTES must be at least ANYBAND_MAX_PREDICT_BYTES + "
+                "ANYBAND_PREDICT_IN_MEMORY_BYTES, or a request within its own limits could never "
+                f"be answered. Received: max_predict_inflight_bytes="
+                f"{self.max_predict_inflight_bytes}, max_predict_bytes={self.max_predict_bytes}, "
+                f"predict_in_memory_bytes={self.predict_in_memory_bytes}"
             )
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,7 @@ async def receive_multipart(
     *,
     in_memory_up_to: int = 0,
     hash_files: bool = True,
+    before_in_memory: Callable[[int], None] | None = None,
 ) -> MultipartUpload:
     """Parse a multipart/form-data body as it streams in; file parts go to `upload_dir`, or stay
     in memory (`UploadedFile.data`) when the body declares a Content-Length of at most
@@ -94,6 +96,7 @@ async def receive_multipart(
     Never writes outside `upload_dir`, and answers 413 as soon as the body passes `max_bytes`
     (Content-Length is checked first, then the bytes counted). `hash_files`: fill in each file's
     sha256 as it streams (the routes that store a file need it; predict does not).
+    `before_in_memory(content_length)` is called before a body is read into memory; it may raise.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -107,6 +110,8 @@ async def receive_multipart(
     if declared is not None and declared > max_bytes:
         raise Problem(413, _too_large(max_bytes))
     in_memory = declared is not None and declared <= in_memory_up_to and in_memory_up_to > 0
+    if in_memory and before_in_memory is not None:
+        before_in_memory(declared)
     if not in_memory:
         upload_dir.mkdir(parents=True, exist_ok=True)
     result = MultipartUpload()

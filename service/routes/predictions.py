@@ -54,7 +54,8 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
     serving = request.app.state.serving
     served = serving.loaded(model_id) or await _load(request, model_id)
     batcher = await serving.batcher(served)
-    # The request's pixels count against what all requests in flight may hold until answered.
+    # The request's body (if parsed in memory) and pixels count against what all requests in
+    # flight may hold, until it is answered.
     with serving.memory.reservation() as held:
         with batcher.expecting():  # a batch forming meanwhile waits for these tiles
             upload = await receive_multipart(
@@ -63,6 +64,7 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                 settings.max_upload_bytes,
                 in_memory_up_to=settings.predict_in_memory_bytes,
                 hash_files=False,
+                before_in_memory=partial(_hold_body, held),
             )
             try:
                 files = upload.files_named("files")
@@ -102,6 +104,23 @@ async def _load(request: Request, model_id: str) -> ServedModel:
         raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
 
 
+def _hold_body(held: Reservation, content_length: int) -> None:
+    """A body parsed in memory counts against the budget too, before a byte of it is read."""
+    if not held.add(content_length):
+        raise _busy(held, "this request's body (parsed in memory)", content_length)
+
+
+def _busy(held: Reservation, what: str, needed: int) -> Problem:
+    return Problem(
+        503,
+        f"the server is busy: predict requests in flight hold {format_bytes(held.budget.held)} "
+        f"of the {format_bytes(held.budget.total)} they may hold at once "
+        f"(ANYBAND_MAX_PREDICT_INFLIGHT_BYTES), and {what} needs {format_bytes(needed)} more; "
+        f"retry in a moment",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def _read_tiles(
     files: list[UploadedFile], model_input: ModelInput, settings: Settings, held: Reservation
 ) -> list[np.ndarray]:
@@ -126,15 +145,7 @@ def _read_tiles(
                 f"send them in several requests",
             )
         if not held.add(needed):
-            raise Problem(
-                503,
-                f"the server is busy: predict requests in flight hold "
-                f"{format_bytes(held.budget.held)} of the "
-                f"{format_bytes(held.budget.total)} they may hold at once "
-                f"(ANYBAND_MAX_PREDICT_INFLIGHT_BYTES), and {name!r} needs "
-                f"{format_bytes(needed)} more; retry in a moment",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            raise _busy(held, repr(name), needed)
 
     for uploaded in files:
         try:

@@ -205,7 +205,12 @@ def test_tiles_decoding_beyond_the_request_budget_are_a_413_before_their_pixels(
 def test_tiles_beyond_what_all_requests_in_flight_may_hold_are_a_503_to_retry(trained):
     settings, model, _ = trained
     # Each 32 x 32 x 6 uint16 tile holds 24 KiB: 12 KiB as read, 12 KiB as float32 (3 bands).
-    limits = {"max_predict_bytes": 60 * 1024, "max_predict_inflight_bytes": 100 * 1024}
+    # Bodies go to disk here, so only pixels count; bodies held in memory: the next test.
+    limits = {
+        "max_predict_bytes": 60 * 1024,
+        "max_predict_inflight_bytes": 100 * 1024,
+        "predict_in_memory_bytes": 0,
+    }
     url = f"/v1/models/{model['id']}/predict"
     two = {"a.tif": good_tile(1), "b.tif": good_tile(2)}
     with TestClient(create_app(settings.model_copy(update=limits))) as client:
@@ -236,12 +241,39 @@ def test_tiles_beyond_what_all_requests_in_flight_may_hold_are_a_503_to_retry(tr
     assert not any((settings.data_dir / "uploads").iterdir())
 
 
+def test_a_body_parsed_in_memory_counts_against_the_server_budget_before_it_is_read(trained):
+    settings, model, _ = trained
+    limits = {"max_predict_inflight_bytes": 200 * 1024, "predict_in_memory_bytes": 150 * 1024}
+    url = f"/v1/models/{model['id']}/predict"
+    files = tile_upload({"a.tif": good_tile(1)})
+    with TestClient(create_app(settings.model_copy(update=limits))) as client:
+        memory = client.app.state.serving.memory
+        with memory.reservation() as in_flight:
+            assert in_flight.add(195 * 1024)
+            response = client.post(url, files=files)
+            assert_problem(
+                response,
+                503,
+                "hold 195 KiB of the 200 KiB",
+                "this request's body (parsed in memory)",
+            )
+            assert response.headers["retry-after"] == "1"
+            assert memory.held == 195 * 1024  # nothing of the refused request is held
+        answered = client.post(url, files=files)
+        assert answered.status_code == 200, answered.text
+        assert memory.held == 0
+        # Over the in-memory size the body streams to disk and only its pixels count.
+        with memory.reservation() as in_flight:
+            assert in_flight.add(170 * 1024)
+            big = {f"t{i}.tif": good_tile(i) for i in range(20)}  # a body over 150 KiB
+            assert_problem(client.post(url, files=tile_upload(big)), 503, "'t1.tif' needs 24 KiB")
+
+
 def test_the_server_wide_predict_budget_must_hold_one_whole_request(tmp_path):
-    with pytest.raises(
-        ValidationError, match="max_predict_inflight_bytes=1024, max_predict_bytes=2048"
-    ):
-        Settings(data_dir=tmp_path, max_predict_bytes=2048, max_predict_inflight_bytes=1024)
-    assert Settings(data_dir=tmp_path, max_predict_bytes=2048, max_predict_inflight_bytes=2048)
+    limits = {"max_predict_bytes": 2048, "predict_in_memory_bytes": 1024}
+    with pytest.raises(ValidationError, match="Received: max_predict_inflight_bytes=3071, max_pre"):
+        Settings(data_dir=tmp_path, max_predict_inflight_bytes=3071, **limits)
+    assert Settings(data_dir=tmp_path, max_predict_inflight_bytes=3072, **limits)
 
 
 def test_unknown_model_is_404(api):
