@@ -141,18 +141,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     host = _safe_host(args.host, "serve")
     worker = subprocess.Popen(_worker_command([]))
+    # uvicorn shuts down on SIGTERM, restores this handler, then raises SIGTERM again: with the
+    # default handler that would end this process before the `finally`, orphaning the worker.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run("service.main:app", host=host, port=args.port, log_level=args.log_level)
     finally:
         if worker.poll() is None:
-            # Cold shutdown: a warm one would wait for a training that may take hours. The job's
-            # lease lapses and it resumes from its last checkpoint when a worker runs again.
+            # Cold shutdown: a warm one would wait for a training that may take hours. The worker
+            # hands its job back after the current batch; the next worker resumes it from its
+            # last checkpoint.
             worker.send_signal(signal.SIGQUIT)
             try:
                 worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 worker.kill()
     return 0
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _safe_host(host: str, command: str) -> str:

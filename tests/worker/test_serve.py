@@ -3,11 +3,13 @@ SQLite, no Redis; a real process over a real socket."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -29,7 +31,8 @@ def wait_for_job(url: str, job_id: str, seconds: float = 300) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-def test_serve_runs_api_and_worker_end_to_end_without_redis(tmp_path):
+def start_serve(tmp_path) -> tuple[subprocess.Popen, str, Path]:
+    """`anyband serve` in its own process group; returns once its worker has beaten."""
     data_dir = tmp_path / "data"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANYBAND_")}
@@ -50,6 +53,16 @@ def test_serve_runs_api_and_worker_end_to_end_without_redis(tmp_path):
         while httpx.get(f"{url}/healthz").json()["workers"] < 1:
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return process, url, log
+
+
+def test_serve_runs_api_and_worker_end_to_end_without_redis(tmp_path):
+    data_dir = tmp_path / "data"
+    process, url, log = start_serve(tmp_path)
+    try:
         health = httpx.get(f"{url}/healthz").json()
         assert health == {"status": "ok", "database": "ok", "broker": "ok", "workers": 1}
 
@@ -87,3 +100,29 @@ def test_serve_runs_api_and_worker_end_to_end_without_redis(tmp_path):
     # Stopping serve stops its worker too: nothing is left running.
     time.sleep(1)
     assert not [pid for pid in worker_pids if psutil.pid_exists(pid)]
+
+
+def test_sigterm_to_serve_stops_its_worker_too(tmp_path):
+    # What `kill PID`, systemd and `docker stop` send. uvicorn re-raises SIGTERM after its own
+    # shutdown; with the default handler serve died there and left its worker running alone.
+    process, _, log = start_serve(tmp_path)
+    worker_pids = [child.pid for child in psutil.Process(process.pid).children()]
+    assert worker_pids, "serve started no worker process"
+    try:
+        process.send_signal(signal.SIGTERM)  # serve alone, not its process group
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in worker_pids), log.read_text()[-3000:]
+        assert "Cold shutdown" in log.read_text()  # the worker was told to stop, not killed
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
