@@ -174,6 +174,26 @@ def fail(
         return _end(session, table, job_id, owner, JOB_FAILED, error=error)
 
 
+def release(sessions: sessionmaker, job_id: str, owner: str, *, table: Leased = Job) -> bool:
+    """Hand a running job back (its worker is shutting down): queued again at once rather than
+    when its lease runs out, and the attempt does not count towards `max_attempts`, since the
+    job did not fail and its worker did not die. Not yet enqueued: the next reconcile pass of
+    any worker enqueues it. False when the job is no longer this owner's."""
+    with sessions.begin() as session:
+        result = session.execute(
+            update(table)
+            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
+            .values(
+                status=JOB_QUEUED,
+                lease_owner=None,
+                lease_expires_at=None,
+                enqueued_at=None,
+                attempts=table.attempts - 1,
+            )
+        )
+        return result.rowcount == 1
+
+
 def cancel(session: Session, job_id: str) -> bool:
     """Cancel a queued or running job; False when it already reached a terminal state."""
     result = session.execute(
@@ -239,8 +259,8 @@ def reconcile(
             )
             if result.rowcount == 1:
                 orphaned.append(job_id)
-        stale = session.scalars(
-            select(table.id).where(
+        stale = session.execute(
+            select(table.id, table.enqueued_at).where(
                 table.status == JOB_QUEUED,
                 or_(
                     table.enqueued_at.is_(None),
@@ -248,14 +268,16 @@ def reconcile(
                 ),
             )
         ).all()
-    requeued = list(dict.fromkeys([*orphaned, *stale]))
+    never_enqueued = {job_id for job_id, enqueued_at in stale if enqueued_at is None}
+    requeued = list(dict.fromkeys([*orphaned, *(job_id for job_id, _ in stale)]))
     for job_id in requeued:
-        log.warning(
-            "%s %s: %s; enqueuing it again",
-            table.__tablename__[:-1],
-            job_id,
-            "its worker's lease ran out" if job_id in orphaned else "no worker took it up",
-        )
+        if job_id in orphaned:
+            why = "its worker's lease ran out"
+        elif job_id in never_enqueued:
+            why = "not enqueued (the broker was down, or a stopping worker handed it back)"
+        else:
+            why = "no worker took it up"
+        log.warning("%s %s: %s; enqueuing it", table.__tablename__[:-1], job_id, why)
         enqueue(job_id)
         mark_enqueued(sessions, job_id, table=table)
     return requeued

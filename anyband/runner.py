@@ -6,6 +6,7 @@ import logging
 import shutil
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from anyband import jobs
@@ -71,8 +72,18 @@ class Lease:
                 return
 
 
-def run_training_job(job_id: str, settings: Settings, worker_id: str, *, devices=None) -> str:
-    """Train job `job_id` if no other worker holds it. Returns the job's status afterwards."""
+def run_training_job(
+    job_id: str,
+    settings: Settings,
+    worker_id: str,
+    *,
+    devices=None,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> str:
+    """Train job `job_id` if no other worker holds it. Returns the job's status afterwards.
+
+    `interrupted()` turns True when the worker is shutting down: training stops after the
+    batch it is in and the job is handed back (see `hand_back`), not failed."""
     from anyband.training import train  # TensorFlow loads only in processes that train
 
     sessions = init_db(settings.sqlalchemy_url)
@@ -86,10 +97,10 @@ def run_training_job(job_id: str, settings: Settings, worker_id: str, *, devices
             return status
         log.info("job %s: attempt %d on %s", job_id, job.attempts, worker_id)
         spec = JobSpec.model_validate(job.spec)
+        checkpoints = job_dir(settings.data_dir, job_id)
         with Lease(sessions, job_id, worker_id, settings.lease_seconds) as lease:
             try:
                 weights = _weights_for(spec, sessions, settings)
-                checkpoints = job_dir(settings.data_dir, job_id)
 
                 def on_epoch(epoch: int, row: dict) -> None:
                     metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
@@ -104,13 +115,15 @@ def run_training_job(job_id: str, settings: Settings, worker_id: str, *, devices
                     weights=weights,
                     job_dir=checkpoints,
                     on_epoch=on_epoch,
-                    should_stop=lease.lost.is_set,
+                    should_stop=lambda: lease.lost.is_set() or interrupted(),
                     devices=devices,
                 )
                 if lease.lost.is_set():
                     raise JobCancelled("cancelled while the last epoch ended")
                 model = _publish(job_id, spec, result, sessions, settings)
             except JobCancelled:
+                if interrupted() and not lease.lost.is_set():
+                    return hand_back(sessions, job_id, worker_id, _checkpoint_epoch(checkpoints))
                 log.info("job %s: stopped (cancelled or taken over)", job_id)
                 _discard_checkpoints_if_cancelled(sessions, settings, job_id)
                 return _status(sessions, job_id)
@@ -127,6 +140,24 @@ def run_training_job(job_id: str, settings: Settings, worker_id: str, *, devices
         return _status(sessions, job_id)
     finally:
         sessions.kw["bind"].dispose()
+
+
+def hand_back(sessions, job_id: str, worker_id: str, epoch: int = 0, *, table=Job) -> str:
+    """The worker is shutting down: queue the job (or scene) again now, so that
+    the next worker takes it up without waiting for the lease to run out. A job resumes from
+    its last checkpoint (`epoch`), a scene starts again. Returns its status afterwards."""
+    what = table.__tablename__[:-1]
+    if jobs.release(sessions, job_id, worker_id, table=table):
+        if table is not Job:
+            resumes = "starts again"
+        elif epoch:
+            resumes = f"resumes from its checkpoint after epoch {epoch}"
+        else:
+            resumes = "starts from epoch 1"
+        log.warning(
+            "%s %s: this worker is shutting down; handed back, it %s", what, job_id, resumes
+        )
+    return _status(sessions, job_id, table=table)
 
 
 def _weights_for(spec: JobSpec, sessions, settings: Settings) -> str | Path:
@@ -230,9 +261,9 @@ def _discard_checkpoints_if_cancelled(sessions, settings: Settings, job_id: str)
         shutil.rmtree(job_dir(settings.data_dir, job_id), ignore_errors=True)
 
 
-def _status(sessions, job_id: str) -> str:
+def _status(sessions, job_id: str, *, table=Job) -> str:
     with sessions() as session:
-        job = session.get(Job, job_id)
+        job = session.get(table, job_id)
         return job.status if job else "missing"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from anyband import jobs
 from anyband.errors import JobCancelled
 from anyband.paths import model_dir, scene_dir
-from anyband.runner import Lease
+from anyband.runner import Lease, hand_back
 from anyband.settings import Settings
 from anyband.store import Model, Scene, init_db
 
@@ -24,8 +24,15 @@ SCENE_RESULT = "result.tif"
 PROGRESS_SECONDS = 1.0
 
 
-def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
-    """Map scene `scene_id` if no other worker holds it; returns its status afterwards."""
+def run_scene_job(
+    scene_id: str,
+    settings: Settings,
+    worker_id: str,
+    *,
+    interrupted: Callable[[], bool] = lambda: False,
+) -> str:
+    """Map scene `scene_id` if no other worker holds it; returns its status afterwards.
+    `interrupted()` True: the worker is shutting down; the scene is handed back, not failed."""
     from anyband.scenes import classify_scene
     from anyband.serving import load_served_model
 
@@ -59,9 +66,11 @@ def run_scene_job(scene_id: str, settings: Settings, worker_id: str) -> str:
                         PROGRESS_SECONDS,
                         lambda done, total: lease.renew(windows_done=done, windows_total=total),
                     ),
-                    should_stop=lease.lost.is_set,
+                    should_stop=lambda: lease.lost.is_set() or interrupted(),
                 )
             except JobCancelled:
+                if interrupted() and not lease.lost.is_set():
+                    return hand_back(sessions, scene_id, worker_id, table=Scene)
                 log.info("scene %s: stopped (cancelled or taken over)", scene_id)
                 return _status(sessions, scene_id)
             except Exception as exc:

@@ -286,7 +286,8 @@ class CheckpointWriter:
 
 
 class _JobCallback(keras.callbacks.Callback):
-    """Per batch: stop when asked. Per epoch: history, then checkpoint and progress."""
+    """Per batch (training and validation): stop when asked. Per epoch: history, then
+    checkpoint and progress."""
 
     def __init__(self, run: _Run, phase: str, learning_rate: float):
         super().__init__()
@@ -298,6 +299,10 @@ class _JobCallback(keras.callbacks.Callback):
             # validation pass (minutes on a large dataset) for an epoch that is thrown away,
             # and a partial epoch is not a checkpoint.
             raise JobCancelled("training stopped on request")
+
+    def on_test_batch_end(self, batch, logs=None):
+        # The validation pass too: a stopping worker has seconds, not the whole pass.
+        self.on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "phase": self.phase, "learning_rate": self.learning_rate}

@@ -22,6 +22,7 @@ from anyband.jobs import (
     live_workers,
     mark_enqueued,
     reconcile,
+    release,
     renew,
 )
 from anyband.jobspec import JobSpec
@@ -405,6 +406,45 @@ def test_cancel_of_a_running_job_cancels_it_and_ends_the_lease(sessions, new_job
     assert stored.status == JOB_CANCELLED
     assert stored.lease_owner is None and stored.lease_expires_at is None
     assert not renew(sessions, job_id, "worker-a", LEASE_SECONDS)  # how the worker learns of it
+
+
+def test_release_hands_a_running_job_back_queued_for_the_next_reconcile(sessions, new_job):
+    job_id = new_job()
+    mark_enqueued(sessions, job_id)
+    claim(sessions, job_id, "worker-a", LEASE_SECONDS)
+
+    assert not release(sessions, job_id, "worker-b")  # only the lease holder hands it back
+    assert release(sessions, job_id, "worker-a")
+
+    stored = load(sessions, job_id)
+    assert stored.status == JOB_QUEUED and stored.error is None
+    assert stored.lease_owner is None and stored.lease_expires_at is None
+    assert stored.attempts == 0  # the attempt was handed back, not lost
+    assert stored.enqueued_at is None  # so the next reconcile pass enqueues it at once
+    assert not release(sessions, job_id, "worker-a")  # no longer running, nor anyone's
+    enqueue = Enqueued()
+    assert reconcile(sessions, enqueue, requeue_after_seconds=REQUEUE_AFTER) == [job_id]
+    assert claim(sessions, job_id, "worker-b", LEASE_SECONDS).attempts == 1
+
+
+def test_handed_back_attempts_do_not_count_towards_max_attempts(sessions, new_job):
+    job_id = new_job()
+    for worker in ["worker-a", "worker-b", "worker-c", "worker-d"]:
+        assert claim(sessions, job_id, worker, LEASE_SECONDS) is not None
+        assert release(sessions, job_id, worker)  # four restarts of the server mid-training
+    assert claim(sessions, job_id, "worker-e", LEASE_SECONDS) is not None
+    expire_lease(sessions, job_id)  # and then a worker that died
+    assert reconcile(sessions, Enqueued(), requeue_after_seconds=REQUEUE_AFTER, max_attempts=3)
+    assert load(sessions, job_id).status == JOB_QUEUED
+
+
+def test_release_refuses_a_cancelled_job(sessions, new_job):
+    job_id = new_job()
+    claim(sessions, job_id, "worker-a", LEASE_SECONDS)
+    with sessions() as session:
+        assert cancel(session, job_id)
+    assert not release(sessions, job_id, "worker-a")
+    assert load(sessions, job_id).status == JOB_CANCELLED
 
 
 def make_terminal(sessions, dataset, job_id: str, status: str) -> None:

@@ -154,6 +154,21 @@ def test_a_stop_ends_training_after_that_batch_without_a_validation_pass(
     assert read_checkpoint(tmp_path / "job") is None  # nor a checkpoint of it
 
 
+def test_a_stop_asked_during_validation_ends_it_there(dataset_dir, tmp_path):
+    # Three training batches, then the validation pass: its first batch sees the stop. Before,
+    # the pass ran to its end, the epoch was checkpointed, and the next training batch stopped.
+    spec = JobSpec(dataset_id="d", epochs=2, batch_size=8, weights="none", init_strategy="mean")
+    polls, epochs = [], []
+    with pytest.raises(JobCancelled, match="training stopped on request"):
+        train(
+            spec, dataset_dir, weights="none", job_dir=tmp_path / "job",
+            on_epoch=lambda epoch, row: epochs.append(epoch),
+            should_stop=lambda: polls.append(True) or len(polls) >= 4,
+        )  # fmt: skip
+    assert len(polls) == 4
+    assert epochs == [] and read_checkpoint(tmp_path / "job") is None
+
+
 @pytest.mark.slow
 def test_stopped_training_resumes_from_its_checkpoint(dataset_dir, tmp_path):
     spec = JobSpec(

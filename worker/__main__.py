@@ -15,10 +15,6 @@ def main(argv: list[str] | None = None) -> None:
         "worker",
         "--queues",
         ",".join(WORKER_QUEUES),
-        # solo: the task runs in this process, so TensorFlow and its GPU memory are held once and
-        # a job never shares the process with another.
-        "--pool",
-        "solo",
         "--concurrency",
         "1",
         "--hostname",

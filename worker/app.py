@@ -30,6 +30,10 @@ ensure_broker_dirs(settings)
 app = Celery("anyband")
 app.conf.update(celery_config(settings))
 app.conf.include = ["worker.tasks"]
+# Celery's solo pool (the task runs in this process, so TensorFlow and its GPU memory are held
+# once and a job never shares the process with another), handing the job back on a cold
+# shutdown. Set here, not with --pool: the command line only takes Celery's own pool names.
+app.conf.worker_pool = "worker.pool:TaskPool"
 
 # Unique per process: a restarted worker on the same host is a different lease owner.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

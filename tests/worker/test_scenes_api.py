@@ -4,6 +4,9 @@ grid, agrees with the model on each window, and keeps nodata as nodata."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +94,43 @@ def test_scene_class_map_keeps_the_grid_and_matches_the_model(stack_factory):
     assert not (stack.settings.data_dir / "scenes" / scene_job["id"] / "input.tif").exists()
 
 
-def _wait_scene(stack, scene_id, seconds=180):
-    import time
-
+def _wait_scene(stack, scene_id, seconds=180, until=None):
+    until = until or (lambda scene: scene["status"] in ("succeeded", "failed"))
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         scene = stack.client.get(f"/v1/scenes/{scene_id}").json()
-        if scene["status"] in ("succeeded", "failed"):
+        if until(scene):
             return scene
         time.sleep(0.3)
-    raise AssertionError(f"scene {scene_id} did not finish: {scene}")
+    raise AssertionError(f"scene {scene_id} did not get there: {scene}")
+
+
+def test_a_stopped_worker_hands_its_scene_back_and_the_next_maps_it(stack_factory):
+    stack = stack_factory("filesystem://")
+    dataset = stack.upload_dataset(bands=4, per_class=6)
+    first = stack.start_worker()
+    job = stack.wait_done(
+        stack.submit(dataset_id=dataset["id"], weights="none", epochs=1, batch_size=8)["id"]
+    )
+    assert job["status"] == "succeeded", job
+    scene = np.random.default_rng(3).integers(1, 3000, (480, 480, 4), dtype=np.uint16)
+    response = stack.client.post(
+        f"/v1/models/{job['model_id']}/scenes",
+        files={"file": ("big.tif", tile_bytes(scene, crs="EPSG:32633"), "image/tiff")},
+        data={"stride": "8"},  # 57 x 57 windows: long enough to stop it halfway
+    )
+    assert response.status_code == 202, response.text
+    scene_id = response.json()["id"]
+    _wait_scene(stack, scene_id, until=lambda s: s["progress"]["windows_done"] > 0)
+
+    os.killpg(first.process.pid, signal.SIGQUIT)  # a cold shutdown
+    assert first.process.wait(timeout=60) is not None
+    handed_back = stack.client.get(f"/v1/scenes/{scene_id}").json()
+    assert handed_back["status"] == "queued", (handed_back, first.text()[-3000:])
+    assert handed_back["error"] is None
+    assert f"scene {scene_id}: this worker is shutting down; handed back" in first.text()
+
+    stack.start_worker()
+    done = _wait_scene(stack, scene_id)
+    assert done["status"] == "succeeded", (done, stack.workers[1].text()[-3000:])
+    assert done["progress"]["windows_done"] == done["progress"]["windows_total"] == 57 * 57

@@ -7,6 +7,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -151,6 +153,46 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_another(
     metrics = stack.client.get(f"/v1/models/{done['model_id']}/artifacts/metrics.json").json()
     assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4]
     assert "lease ran out" in second.text()  # the reconciler, not luck, brought it back
+
+
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_stopped_worker_hands_its_job_back_and_the_next_resumes_it(
+    stack_factory, redis_server, postgres_databases, broker
+):
+    # A cold shutdown (SIGQUIT: what `anyband serve` sends its worker on Ctrl-C or SIGTERM, and
+    # Celery's second Ctrl-C) used to fail the job for good with Celery's NotImplementedError
+    # from inside Keras; the worker now hands the job back.
+    if broker == "redis":
+        stack = stack_factory(redis_server(), postgres_databases())
+    else:
+        stack = stack_factory("filesystem://")
+    dataset = stack.upload_dataset(bands=4)
+    first = stack.start_worker()
+    job = stack.submit(
+        dataset_id=dataset["id"], weights="none", epochs=6, freeze_epochs=1, batch_size=8
+    )
+    stack.wait(job["id"], lambda job: job["progress"]["epoch"] >= 1)
+    os.killpg(first.process.pid, signal.SIGQUIT)
+    assert first.process.wait(timeout=60) is not None  # it stopped by itself, in time
+    checkpoint = stack.settings.data_dir / "jobs" / job["id"] / "checkpoint.json"
+    checkpointed = json.loads(checkpoint.read_text())["epoch"]
+    assert 1 <= checkpointed < 6
+    handed_back = stack.job(job["id"])
+    assert handed_back["status"] == "queued", (handed_back, first.text()[-3000:])
+    assert handed_back["error"] is None and handed_back["attempts"] == 0
+    assert (
+        f"job {job['id']}: this worker is shutting down; handed back, it resumes from its "
+        f"checkpoint after epoch {checkpointed}"
+    ) in first.text()
+    assert "failed" not in first.text()
+
+    second = stack.start_worker()
+    done = stack.wait_done(job["id"])
+    assert done["status"] == "succeeded", (done, second.text()[-3000:])
+    assert done["attempts"] == 1  # the handed-back attempt does not count towards max_attempts
+    assert done["resumed_from_epoch"] == checkpointed
+    metrics = stack.client.get(f"/v1/models/{done['model_id']}/artifacts/metrics.json").json()
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4, 5, 6]
 
 
 def test_job_delivered_twice_at_once_trains_once(stack_factory, redis_server, postgres_databases):
