@@ -38,11 +38,19 @@ class ModelInput:
         )
 
 
-def check_raster(info: RasterInfo, model: ModelInput, name: str, *, min_size: int = MIN_TILE_SIZE):
-    """InvalidRasterError unless the raster carries the model's bands in a castable pixel type."""
+def check_raster(
+    info: RasterInfo,
+    model: ModelInput,
+    name: str,
+    *,
+    min_size: int = MIN_TILE_SIZE,
+    what: str = "tile",
+):
+    """InvalidRasterError unless the raster carries the model's bands in a castable pixel type;
+    `what` the raster is, in the message ("tile", "scene")."""
     if info.count != model.dataset_bands:
         raise InvalidRasterError(
-            f"{name!r}: model expects {model.dataset_bands} bands, tile has {info.count} "
+            f"{name!r}: model expects {model.dataset_bands} bands, {what} has {info.count} "
             f"(the model reads bands {list(model.bands)} of {model.dataset_bands}-band rasters)"
         )
     if not np.can_cast(np.dtype(info.dtype), np.float64, casting="same_kind"):

@@ -170,7 +170,7 @@ def classify_scene(
 
 
 def _check_info(info: RasterInfo, model_input: ModelInput, tile_size: tuple[int, int], name: str):
-    check_raster(info, model_input, name, min_size=min(tile_size))
+    check_raster(info, model_input, name, min_size=min(tile_size), what="scene")
     if info.height < tile_size[0] or info.width < tile_size[1]:
         raise InvalidRasterError(
             f"{name!r} is {info.height} x {info.width} px; the model's windows are "
@@ -187,6 +187,14 @@ def _check_stride(stride: int | None, tile_size: tuple[int, int]) -> tuple[int, 
             f"Received: stride={stride}"
         )
     return (stride, stride)
+
+
+def window_count(width: int, height: int, tile_size: tuple[int, int], stride: int | None) -> int:
+    """How many windows `classify_scene` runs on a `width` x `height` scene: the total its
+    progress counts to, known before it starts."""
+    strides = _check_stride(stride, tile_size)
+    rows = _window_starts(height, tile_size[0], strides[0])
+    return len(rows) * len(_window_starts(width, tile_size[1], strides[1]))
 
 
 def _window_starts(length: int, tile: int, stride: int) -> list[int]:

@@ -18,7 +18,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from anyband.errors import InvalidRasterError, JobCancelled
 from anyband.inference import ModelInput, prepare
-from anyband.scenes import check_scene, classify_scene
+from anyband.scenes import check_scene, classify_scene, window_count
 from tests.tiles import DEFAULT_TRANSFORM, vrt_text, write_tile
 
 BUDGET = 256 * 2**20
@@ -126,6 +126,7 @@ def test_class_map_keeps_the_grid_and_describes_its_bands(tmp_path):
         assert set(out.block_shapes) == {(192, 256)}  # 200 rows: the largest multiple of 16
     assert (result.width, result.height, result.stride) == (300, 200, (32, 32))
     assert result.windows == 7 * 10  # row starts 0..160 and 168; column starts 0..256 and 268
+    assert window_count(300, 200, TILE, None) == 7 * 10
     assert result.classes == ["left", "middle", "right"]
     assert os.listdir(output.parent) == ["classes.tif"]  # no temporary file left beside it
 
@@ -209,6 +210,7 @@ def test_overlapping_windows_write_each_pixel_once_from_the_nearest_window(
     rows, _ = nearest_window(height, TILE[0], stride)
     cols, _ = nearest_window(width, TILE[1], stride)
     assert result.windows == len(rows) * len(cols) and result.stride == (stride, stride)
+    assert window_count(width, height, TILE, stride) == result.windows  # what the API stores
 
 
 @pytest.mark.parametrize("stride", [None, 16, 13, 7])
@@ -294,7 +296,7 @@ def test_check_scene_returns_the_header(tmp_path):
 @pytest.mark.parametrize("check", [check_scene, "classify"])
 def test_scene_with_the_wrong_band_count_is_refused(tmp_path, out_dir, check):
     path = write_tile(tmp_path / "s.tif", two_part_scene(64, 64, bands=4))
-    with pytest.raises(InvalidRasterError, match="model expects 3 bands, tile has 4"):
+    with pytest.raises(InvalidRasterError, match="model expects 3 bands, scene has 4"):
         if check == "classify":
             classify_scene(
                 predictor(band_model(3, 3)), path, out_dir / "o.tif", model_input=model_input(),

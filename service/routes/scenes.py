@@ -16,7 +16,7 @@ from anyband.inference import ModelInput
 from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
-from anyband.scenes import check_scene
+from anyband.scenes import check_scene, window_count
 from anyband.store import JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
 from service.deps import SessionDep, SettingsDep, require_api_key
@@ -78,6 +78,8 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
         width=info.width,
         height=info.height,
         stride=stride,
+        # Known now, so that progress never reads "0 of 0" while the worker opens the scene.
+        windows_total=window_count(info.width, info.height, tuple(record.tile_size), stride),
     )
     sessions = request.app.state.sessions
     with sessions() as session:

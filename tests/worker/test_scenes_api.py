@@ -42,7 +42,7 @@ def test_scene_class_map_keeps_the_grid_and_matches_the_model(stack_factory):
         f"/v1/models/{model['id']}/scenes",
         files={"file": ("three.tif", tile_bytes(scene[..., :3]), "image/tiff")},
     )
-    assert_problem(bad, 422, "model expects 4 bands, tile has 3")
+    assert_problem(bad, 422, "model expects 4 bands, scene has 3")
     bad_stride = stack.client.post(
         f"/v1/models/{model['id']}/scenes",
         files={"file": ("s.tif", data, "image/tiff")},
@@ -56,6 +56,8 @@ def test_scene_class_map_keeps_the_grid_and_matches_the_model(stack_factory):
     assert response.status_code == 202, response.text
     scene_job = response.json()
     assert scene_job["status"] == "queued" and (scene_job["width"], scene_job["height"]) == (96, 64)
+    # The total is known from the start: progress never reads "0 of 0".
+    assert scene_job["progress"] == {"windows_done": 0, "windows_total": 6, "fraction": 0.0}
     assert_problem(
         stack.client.get(f"/v1/scenes/{scene_job['id']}/result.tif"), 409, "no result yet"
     )
