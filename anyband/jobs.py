@@ -174,11 +174,17 @@ def fail(
         return _end(session, table, job_id, owner, JOB_FAILED, error=error)
 
 
-def release(sessions: sessionmaker, job_id: str, owner: str, *, table: Leased = Job) -> bool:
+def release(
+    sessions: sessionmaker, job_id: str, owner: str, *, table: Leased = Job, **values
+) -> bool:
     """Hand a running job back (its worker is shutting down): queued again at once rather than
     when its lease runs out, and the attempt does not count towards `max_attempts`, since the
     job did not fail and its worker did not die. Not yet enqueued: the next reconcile pass of
-    any worker enqueues it. False when the job is no longer this owner's."""
+    any worker enqueues it. `values`: progress to reset, as for `renew`. False when the job is
+    no longer this owner's."""
+    allowed = PROGRESS_FIELDS[table.__tablename__]
+    if not set(values) <= allowed:
+        raise ValueError(f"release writes only {sorted(allowed)}. Received: {sorted(values)}")
     with sessions.begin() as session:
         result = session.execute(
             update(table)
@@ -189,6 +195,7 @@ def release(sessions: sessionmaker, job_id: str, owner: str, *, table: Leased = 
                 lease_expires_at=None,
                 enqueued_at=None,
                 attempts=table.attempts - 1,
+                **values,
             )
         )
         return result.rowcount == 1

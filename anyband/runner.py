@@ -147,7 +147,8 @@ def hand_back(sessions, job_id: str, worker_id: str, epoch: int = 0, *, table=Jo
     the next worker takes it up without waiting for the lease to run out. A job resumes from
     its last checkpoint (`epoch`), a scene starts again. Returns its status afterwards."""
     what = table.__tablename__[:-1]
-    if jobs.release(sessions, job_id, worker_id, table=table):
+    restart = {} if table is Job else {"windows_done": 0}  # a scene's progress starts over
+    if jobs.release(sessions, job_id, worker_id, table=table, **restart):
         if table is not Job:
             resumes = "starts again"
         elif epoch:

@@ -438,6 +438,16 @@ def test_handed_back_attempts_do_not_count_towards_max_attempts(sessions, new_jo
     assert load(sessions, job_id).status == JOB_QUEUED
 
 
+def test_release_writes_only_progress_fields(sessions, new_job):
+    job_id = new_job()
+    claim(sessions, job_id, "worker-a", LEASE_SECONDS)
+    with pytest.raises(ValueError, match="release writes only"):
+        release(sessions, job_id, "worker-a", status="succeeded")
+    assert load(sessions, job_id).status == JOB_RUNNING  # nothing written
+    assert release(sessions, job_id, "worker-a", epoch=0)
+    assert load(sessions, job_id).epoch == 0
+
+
 def test_release_refuses_a_cancelled_job(sessions, new_job):
     job_id = new_job()
     claim(sessions, job_id, "worker-a", LEASE_SECONDS)

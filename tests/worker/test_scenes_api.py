@@ -130,6 +130,7 @@ def test_a_stopped_worker_hands_its_scene_back_and_the_next_maps_it(stack_factor
     handed_back = stack.client.get(f"/v1/scenes/{scene_id}").json()
     assert handed_back["status"] == "queued", (handed_back, first.text()[-3000:])
     assert handed_back["error"] is None
+    assert handed_back["progress"] == {"windows_done": 0, "windows_total": 57 * 57, "fraction": 0}
     assert f"scene {scene_id}: this worker is shutting down; handed back" in first.text()
 
     stack.start_worker()
