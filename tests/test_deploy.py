@@ -190,6 +190,16 @@ def test_every_worker_service_reserves_exactly_one_gpu_of_its_own(services):
     _assert_one_distinct_gpu_per_worker(services)
 
 
+def test_workers_stop_with_a_cold_shutdown_that_hands_their_job_back(services):
+    # docker's default SIGTERM is Celery's warm shutdown: it waits for the whole training and is
+    # SIGKILLed after 10 s. SIGQUIT hands the job back after the current batch.
+    text = COMPOSE_FILE.read_text()
+    scaled = yaml.safe_load(_with_second_gpu_worker(text))["services"]
+    for name, service in _worker_services(scaled).items():
+        assert service.get("stop_signal") == "SIGQUIT", name
+        assert service.get("stop_grace_period") == "60s", name
+
+
 def test_documented_second_gpu_worker_runs_on_gpu_1_with_the_same_settings(services):
     text = COMPOSE_FILE.read_text()
     block = SECOND_GPU_BLOCK.search(text)
