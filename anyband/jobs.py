@@ -125,28 +125,47 @@ def renew(
     **values,
 ) -> bool:
     """Extend the lease (and write progress `values`); False once the job is no longer ours."""
+    _check_progress("renew", table, values)
+    with sessions.begin() as session:
+        return _update_held(
+            session,
+            table,
+            job_id,
+            owner,
+            lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+            **values,
+        )
+
+
+def _check_progress(verb: str, table: Leased, values: dict) -> None:
     allowed = PROGRESS_FIELDS[table.__tablename__]
     if not set(values) <= allowed:
-        raise ValueError(f"renew writes only {sorted(allowed)}. Received: {sorted(values)}")
-    with sessions.begin() as session:
-        result = session.execute(
-            update(table)
-            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
-        )
-        return result.rowcount == 1
+        raise ValueError(f"{verb} writes only {sorted(allowed)}. Received: {sorted(values)}")
+
+
+def _update_held(session: Session, table: Leased, job_id: str, owner: str, **values) -> bool:
+    """Write `values` to the job if it is running under `owner`'s lease; False if it is not."""
+    result = session.execute(
+        update(table)
+        .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
+        .values(**values)
+    )
+    return result.rowcount == 1
 
 
 def _end(session: Session, table: Leased, job_id: str, owner: str, status: str, **values) -> bool:
     """Running -> `status`, only for the lease holder; the lease is released."""
-    result = session.execute(
-        update(table)
-        .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
-        .values(
-            status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values
-        )
+    return _update_held(
+        session,
+        table,
+        job_id,
+        owner,
+        status=status,
+        finished_at=utcnow(),
+        lease_owner=None,
+        lease_expires_at=None,
+        **values,
     )
-    return result.rowcount == 1
 
 
 def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> bool:
@@ -182,23 +201,20 @@ def release(
     job did not fail and its worker did not die. Not yet enqueued: the next reconcile pass of
     any worker enqueues it. `values`: progress to reset, as for `renew`. False when the job is
     no longer this owner's."""
-    allowed = PROGRESS_FIELDS[table.__tablename__]
-    if not set(values) <= allowed:
-        raise ValueError(f"release writes only {sorted(allowed)}. Received: {sorted(values)}")
+    _check_progress("release", table, values)
     with sessions.begin() as session:
-        result = session.execute(
-            update(table)
-            .where(table.id == job_id, table.lease_owner == owner, table.status == JOB_RUNNING)
-            .values(
-                status=JOB_QUEUED,
-                lease_owner=None,
-                lease_expires_at=None,
-                enqueued_at=None,
-                attempts=table.attempts - 1,
-                **values,
-            )
+        return _update_held(
+            session,
+            table,
+            job_id,
+            owner,
+            status=JOB_QUEUED,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            attempts=table.attempts - 1,
+            **values,
         )
-        return result.rowcount == 1
 
 
 def cancel(session: Session, job_id: str) -> bool:

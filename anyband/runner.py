@@ -123,7 +123,13 @@ def run_training_job(
                 model = _publish(job_id, spec, result, sessions, settings)
             except JobCancelled:
                 if interrupted() and not lease.lost.is_set():
-                    return hand_back(sessions, job_id, worker_id, _checkpoint_epoch(checkpoints))
+                    epoch = _checkpoint_epoch(checkpoints)
+                    resumes = (
+                        f"resumes from its checkpoint after epoch {epoch}"
+                        if epoch
+                        else "starts from epoch 1"
+                    )
+                    return hand_back(sessions, job_id, worker_id, resumes)
                 log.info("job %s: stopped (cancelled or taken over)", job_id)
                 _discard_checkpoints_if_cancelled(sessions, settings, job_id)
                 return _status(sessions, job_id)
@@ -142,21 +148,16 @@ def run_training_job(
         sessions.kw["bind"].dispose()
 
 
-def hand_back(sessions, job_id: str, worker_id: str, epoch: int = 0, *, table=Job) -> str:
-    """The worker is shutting down: queue the job (or scene) again now, so that
-    the next worker takes it up without waiting for the lease to run out. A job resumes from
-    its last checkpoint (`epoch`), a scene starts again. Returns its status afterwards."""
-    what = table.__tablename__[:-1]
-    restart = {} if table is Job else {"windows_done": 0}  # a scene's progress starts over
-    if jobs.release(sessions, job_id, worker_id, table=table, **restart):
-        if table is not Job:
-            resumes = "starts again"
-        elif epoch:
-            resumes = f"resumes from its checkpoint after epoch {epoch}"
-        else:
-            resumes = "starts from epoch 1"
+def hand_back(sessions, job_id: str, worker_id: str, resumes: str, *, table=Job, **reset) -> str:
+    """The worker is shutting down: queue the job (or scene) again now, so that the next worker
+    takes it up without waiting for the lease to run out; `reset`: progress that starts over.
+    `resumes` says how, in the log. Returns its status afterwards."""
+    if jobs.release(sessions, job_id, worker_id, table=table, **reset):
         log.warning(
-            "%s %s: this worker is shutting down; handed back, it %s", what, job_id, resumes
+            "%s %s: this worker is shutting down; handed back, it %s",
+            table.__tablename__[:-1],
+            job_id,
+            resumes,
         )
     return _status(sessions, job_id, table=table)
 

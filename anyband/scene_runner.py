@@ -70,7 +70,9 @@ def run_scene_job(
                 )
             except JobCancelled:
                 if interrupted() and not lease.lost.is_set():
-                    return hand_back(sessions, scene_id, worker_id, table=Scene)
+                    return hand_back(
+                        sessions, scene_id, worker_id, "starts again", table=Scene, windows_done=0
+                    )
                 log.info("scene %s: stopped (cancelled or taken over)", scene_id)
                 return _status(sessions, scene_id)
             except Exception as exc:
