@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     predict_batch_wait_ms: float = Field(default=2.0, ge=0)
     # ...and up to this long for requests the API is already receiving or reading (never for
     # ones it has not seen), so that under load a batch does not leave half empty.
-    predict_batch_hold_ms: float = Field(default=20.0, ge=0)
+    predict_batch_hold_ms: float = Field(default=50.0, ge=0)
+    # Batches of one model that may run at once (TensorFlow Serving's num_batch_threads): the
+    # next batch's tiles are read, and copied to the device, while the last one computes. 1 on
+    # a CPU, where the batches would share the cores the model already uses (bench/README.md).
+    predict_batch_concurrency: int = Field(default=1, ge=1)
     max_predict_files: int = Field(default=256, ge=1)  # tiles in one predict request
     # The decoded pixels of one predict request, as read plus as float32 for the model (413).
     max_predict_bytes: int = Field(default=1 * GB, gt=0)

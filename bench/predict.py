@@ -719,12 +719,13 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
             )
 
     async def with_batcher() -> None:
-        # As service.serving builds it: the settings' batch limits, one inference thread.
-        executor = ThreadPoolExecutor(max_workers=1)
+        # As service.serving builds it: the settings' batch limits and concurrency.
+        executor = ThreadPoolExecutor(max_workers=settings.predict_batch_concurrency)
         batcher = MicroBatcher(
             served.predict,
             max_batch=settings.predict_max_batch,
             max_wait_s=settings.predict_batch_wait_ms / 1000,
+            concurrency=settings.predict_batch_concurrency,
             executor=executor,
         )
         try:
@@ -1121,7 +1122,9 @@ def run(args: argparse.Namespace) -> None:
             "model": f"ResNet50, {BANDS} bands, {len(served.classes)} classes, "
             f"{served.tile_size[0]}x{served.tile_size[1]} tiles (job: weights none, 1 epoch)",
             "serving settings": f"predict_max_batch {settings.predict_max_batch}, "
-            f"predict_batch_wait_ms {settings.predict_batch_wait_ms:g}",
+            f"predict_batch_wait_ms {settings.predict_batch_wait_ms:g}, "
+            f"predict_batch_hold_ms {settings.predict_batch_hold_ms:g}, "
+            f"predict_batch_concurrency {settings.predict_batch_concurrency}",
             "request tiles": f"{len(uploads)} distinct uint16 GeoTIFFs, deflate, "
             f"{np.mean([len(u) for u in uploads]) / 1024:.0f} KB each",
             "TF": f"{tf.__version__} on {', '.join(d.name for d in tf.config.list_logical_devices())}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -190,3 +191,93 @@ def test_the_wait_counts_from_the_oldest_tile_so_tiles_queued_during_a_call_do_n
     # Two calls of 0.3 s back to back (~0.6 s); waiting max_wait_s again after the first call
     # ended would make it ~0.85 s.
     assert answered < 0.75, answered
+
+
+class CountingModel:
+    """A stand-in model that records how many of its calls ever ran at the same moment."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.running, self.peak = seconds, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.running -= 1
+        return batch.sum(axis=(1, 2, 3))[:, np.newaxis]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_at_most_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(concurrency):
+    async def go():
+        model = CountingModel(0.2)
+        executor = ThreadPoolExecutor(4)  # more threads than slots: the batcher must limit
+        batcher = MicroBatcher(
+            model, max_batch=2, max_wait_s=0.0, concurrency=concurrency, executor=executor
+        )
+        tiles = [np.full((2, 2, 2, 1), float(i)) for i in range(6)]  # six full batches at once
+        started = time.perf_counter()
+        results = await asyncio.gather(*(batcher.submit(t) for t in tiles))
+        took = time.perf_counter() - started
+        await batcher.close()
+        executor.shutdown()
+        return results, model.peak, took, batcher.batch_sizes
+
+    results, peak, took, batch_sizes = run(go())
+    assert [r[:, 0].tolist() for r in results] == [[4.0 * i] * 2 for i in range(6)]
+    assert batch_sizes == [2] * 6
+    assert peak == concurrency
+    # Six calls of 0.2 s in rounds of `concurrency`: ~1.2 s one at a time, ~0.6 s two at once.
+    assert took < 6 / concurrency * 0.2 + 0.15, took
+
+
+def test_while_every_slot_is_busy_new_requests_form_one_batch():
+    async def go():
+        model = CountingModel(0.2)
+        executor = ThreadPoolExecutor(2)
+        batcher = MicroBatcher(
+            model, max_batch=32, max_wait_s=0.0, concurrency=2, executor=executor
+        )
+        busy = [asyncio.ensure_future(batcher.submit(np.ones((1, 2, 2, 1)))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        busy.append(asyncio.ensure_future(batcher.submit(np.ones((1, 2, 2, 1)))))
+        await asyncio.sleep(0.05)  # both slots busy: these queue up
+        later = [batcher.submit(np.full((1, 2, 2, 1), float(i))) for i in range(5)]
+        results = await asyncio.gather(*busy, *later)
+        await batcher.close()
+        executor.shutdown()
+        return results, batcher.batch_sizes
+
+    results, batch_sizes = run(go())
+    assert batch_sizes == [2, 1, 5]  # the first two left together, then one, then the five
+    assert [float(r[0, 0]) for r in results[3:]] == [4.0 * i for i in range(5)]
+
+
+def test_concurrency_must_be_positive():
+    async def go():
+        MicroBatcher(tile_sums, max_batch=4, max_wait_s=0.0, concurrency=0)
+
+    with pytest.raises(ValueError, match="concurrency must be >= 1"):
+        run(go())
+
+
+def test_close_answers_the_requests_it_holds_and_expects_then_refuses_new_ones():
+    async def go():
+        executor = ThreadPoolExecutor(2)
+        batcher = MicroBatcher(
+            tile_sums, max_batch=8, max_wait_s=0.0, concurrency=2, executor=executor
+        )
+        running = asyncio.ensure_future(batcher.submit(np.ones((1, 2, 2, 1))))
+        reading = asyncio.ensure_future(announced(batcher, 2.0, 0.1))  # still being read
+        await asyncio.sleep(0.01)
+        await batcher.close()  # the model was evicted meanwhile
+        with pytest.raises(RuntimeError, match="closed"):
+            batcher.enqueue(np.ones((1, 2, 2, 1)))
+        executor.shutdown()
+        return running.result(), reading.result()
+
+    running, reading = run(go())
+    assert float(running[0, 0]) == 4.0 and float(reading[0, 0]) == 8.0

@@ -53,7 +53,7 @@ router = APIRouter(
 async def predict(model_id: str, request: Request, settings: SettingsDep):
     serving = request.app.state.serving
     served = serving.loaded(model_id) or await _load(request, model_id)
-    batcher = await serving.batcher(served)
+    batcher = serving.batcher(served)
     # The request's body (if parsed in memory) and pixels count against what all requests in
     # flight may hold, until it is answered.
     with serving.memory.reservation() as held:

@@ -295,11 +295,18 @@ def test_model_file_changed_since_training_is_refused(trained, tmp_path):
         assert client.get("/healthz").status_code == 200
 
 
-def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained):
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained, concurrency):
     settings, model, _ = trained
     arrays = [good_tile(seed) for seed in range(32)]
     expected = expected_probabilities(settings, model, arrays)
-    batched = settings.model_copy(update={"predict_batch_wait_ms": 50.0, "predict_max_batch": 32})
+    batched = settings.model_copy(
+        update={
+            "predict_batch_wait_ms": 50.0,
+            "predict_max_batch": 32,
+            "predict_batch_concurrency": concurrency,
+        }
+    )
     app = create_app(batched)
 
     async def run():
