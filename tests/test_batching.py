@@ -219,19 +219,15 @@ def test_at_most_concurrency_batches_run_at_once_and_each_caller_gets_its_rows(c
             model, max_batch=2, max_wait_s=0.0, concurrency=concurrency, executor=executor
         )
         tiles = [np.full((2, 2, 2, 1), float(i)) for i in range(6)]  # six full batches at once
-        started = time.perf_counter()
         results = await asyncio.gather(*(batcher.submit(t) for t in tiles))
-        took = time.perf_counter() - started
         await batcher.close()
         executor.shutdown()
-        return results, model.peak, took, batcher.batch_sizes
+        return results, model.peak, batcher.batch_sizes
 
-    results, peak, took, batch_sizes = run(go())
+    results, peak, batch_sizes = run(go())
     assert [r[:, 0].tolist() for r in results] == [[4.0 * i] * 2 for i in range(6)]
     assert batch_sizes == [2] * 6
-    assert peak == concurrency
-    # Six calls of 0.2 s in rounds of `concurrency`: ~1.2 s one at a time, ~0.6 s two at once.
-    assert took < 6 / concurrency * 0.2 + 0.15, took
+    assert peak == concurrency  # never more at once, and as many as allowed when six wait
 
 
 def test_while_every_slot_is_busy_new_requests_form_one_batch():
