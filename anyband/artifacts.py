@@ -195,6 +195,14 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> Path:
     return path
 
 
+def why_unusable(exc: Exception) -> str:
+    """What a ModelFileMismatchError or FileNotFoundError from loading a model tells a client:
+    the file's name, never the server's path to it."""
+    if isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"its file {Path(exc.filename).name} is missing"
+    return str(exc)
+
+
 def read_card(model_folder: str | os.PathLike) -> dict:
     """A published model's card.json: what it reads (bands, band stats, nodata) and answers."""
     return json.loads((Path(model_folder) / CARD_FILE).read_text())

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Callable
 
 from anyband import jobs
+from anyband.artifacts import why_unusable
 from anyband.errors import JobCancelled
 from anyband.paths import model_dir, scene_dir
 from anyband.runner import Lease, hand_back
@@ -77,7 +78,7 @@ def run_scene_job(
                 return _status(sessions, scene_id)
             except Exception as exc:
                 log.error("scene %s failed:\n%s", scene_id, traceback.format_exc())
-                jobs.fail(sessions, scene_id, worker_id, str(exc), table=Scene)
+                jobs.fail(sessions, scene_id, worker_id, why_unusable(exc), table=Scene)
                 return _status(sessions, scene_id)
         if jobs.finish_scene(sessions, scene_id, worker_id):
             (folder / SCENE_INPUT).unlink(missing_ok=True)  # the result is what was asked for

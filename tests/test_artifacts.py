@@ -18,9 +18,12 @@ from anyband.artifacts import (
     classification_metrics,
     plot_curves,
     sha256_file,
+    verify_sha256,
+    why_unusable,
     write_history_csv,
     write_json,
 )
+from anyband.errors import ModelFileMismatchError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["forest", "water", "urban"]
@@ -253,3 +256,16 @@ def test_sha256_file_matches_hashlib_beyond_one_chunk(model_dir):
     path.write_bytes(data)
 
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_why_a_model_is_unusable_names_its_file_never_the_server_path(tmp_path):
+    missing = tmp_path / "models" / "m1" / "model.keras"
+    with pytest.raises(FileNotFoundError) as raised:
+        verify_sha256(missing, "0" * 64)
+    assert why_unusable(raised.value) == "its file model.keras is missing"
+    changed = tmp_path / "model.keras"
+    changed.write_bytes(b"not the trained model")
+    with pytest.raises(ModelFileMismatchError) as raised:
+        verify_sha256(changed, "0" * 64)
+    reason = why_unusable(raised.value)
+    assert reason.startswith("model.keras no longer matches") and str(tmp_path) not in reason

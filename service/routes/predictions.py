@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from anyband.artifacts import why_unusable
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput, check_raster, prepare
 from anyband.rasters import RasterInfo, declared_bytes, format_bytes, read_tile
@@ -101,7 +102,7 @@ async def _load(request: Request, model_id: str) -> ServedModel:
     try:
         return await request.app.state.serving.model(record)
     except (ModelFileMismatchError, FileNotFoundError) as exc:
-        raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
+        raise Problem(409, f"model '{model_id}' cannot be served: {why_unusable(exc)}") from exc
 
 
 def _hold_body(held: Reservation, content_length: int) -> None:

@@ -10,8 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from anyband import jobs
-from anyband.artifacts import read_card
-from anyband.errors import InvalidRasterError
+from anyband.artifacts import MODEL_FILE, read_card, verify_sha256, why_unusable
+from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput
 from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
@@ -43,17 +43,21 @@ router = APIRouter(
 async def create_scene(model_id: str, request: Request, response: Response, settings: SettingsDep):
     with request.app.state.sessions() as session:
         record = get_model_or_404(session, model_id)
+    # Before the scene is received: a model the worker would refuse is refused here, as predict
+    # refuses it, not accepted and failed minutes later.
+    folder = model_dir(settings.data_dir, model_id)
+    try:
+        await run_in_threadpool(verify_sha256, folder / MODEL_FILE, record.sha256)
+        card = read_card(folder)
+    except (ModelFileMismatchError, FileNotFoundError) as exc:
+        raise Problem(409, f"model '{model_id}' cannot be served: {why_unusable(exc)}") from exc
+    model_input = ModelInput.from_card(card)
     upload = await receive_multipart(
         request, settings.data_dir / "uploads", settings.max_upload_bytes
     )
     try:
         uploaded = upload.file("file")
         stride = _stride(upload.fields.get("stride"), min(record.tile_size))
-        try:
-            card = read_card(model_dir(settings.data_dir, model_id))
-        except FileNotFoundError as exc:
-            raise Problem(409, f"model '{model_id}' cannot be served: {exc}") from exc
-        model_input = ModelInput.from_card(card)
         try:
             info = await run_in_threadpool(
                 check_scene,

@@ -281,17 +281,35 @@ def test_unknown_model_is_404(api):
     assert_problem(response, 404, "no model with id 'nope'")
 
 
-def test_model_file_changed_since_training_is_refused(trained, tmp_path):
+@pytest.mark.parametrize(
+    "change, needle",
+    [("append", "model.keras no longer matches the sha256"), ("delete", "model.keras is missing")],
+)
+def test_model_file_changed_since_training_is_refused_for_tiles_and_scenes(
+    trained, tmp_path, change, needle
+):
     settings, model, _ = trained
     copy = Settings(data_dir=tmp_path / "data", api_keys="", model_cache_size=1)
     shutil.copytree(settings.data_dir, copy.data_dir)
     model_file = copy.data_dir / "models" / model["id"] / "model.keras"
-    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    if change == "append":
+        model_file.write_bytes(model_file.read_bytes() + b"\0")
+    else:
+        model_file.unlink()
     with TestClient(create_app(copy), raise_server_exceptions=False) as client:
         response = client.post(
             f"/v1/models/{model['id']}/predict", files=tile_upload({"a.tif": good_tile()})
         )
-        assert_problem(response, 409, "no longer matches the sha256")
+        assert_problem(response, 409, needle)
+        # A scene is refused the same way, at once, not accepted and failed by the worker.
+        scene = {"file": ("scene.tif", tile_bytes(good_tile()), "image/tiff")}
+        response = client.post(f"/v1/models/{model['id']}/scenes", files=scene)
+        assert_problem(response, 409, needle)
+        for refused in (response, client.post(f"/v1/models/{model['id']}/predict")):
+            assert str(tmp_path) not in refused.json()["detail"]  # no server paths
+        assert not (copy.data_dir / "scenes").exists() or not any(
+            (copy.data_dir / "scenes").iterdir()
+        )
         assert client.get("/healthz").status_code == 200
 
 
