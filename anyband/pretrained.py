@@ -104,11 +104,12 @@ def resolve_weights_path(
     return path
 
 
-def load_resnet50_weights(path: str | os.PathLike) -> LayerWeights:
+def load_resnet50_weights(path: str | os.PathLike, name: str | None = None) -> LayerWeights:
     """The per-layer weights of a 3-band ResNet50 file, keyed by Keras layer name.
 
-    Raises InvalidWeightsError when the file is not one (wrong format, band count or layers).
-    Results are cached by path, size and modification time.
+    Raises InvalidWeightsError when the file is not one (wrong format, band count or layers),
+    calling it `name` (default: the file's name). Results are cached by path, size and
+    modification time.
     """
     path = Path(path)
     stat = path.stat()
@@ -117,7 +118,7 @@ def load_resnet50_weights(path: str | os.PathLike) -> LayerWeights:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    weights = _read_resnet50_weights(path)
+    weights = _read_resnet50_weights(path, name or path.name)
     with _cache_lock:
         _cache[key] = weights
         while len(_cache) > _CACHE_SIZE:
@@ -125,22 +126,29 @@ def load_resnet50_weights(path: str | os.PathLike) -> LayerWeights:
     return weights
 
 
-def check_resnet50_weights(path: str | os.PathLike) -> None:
+def check_resnet50_weights(path: str | os.PathLike, name: str | None = None) -> None:
     """Raise InvalidWeightsError unless `path` holds 3-band ResNet50 (notop) weights."""
-    load_resnet50_weights(path)
+    load_resnet50_weights(path, name)
 
 
-def _read_resnet50_weights(path: Path) -> LayerWeights:
-    name = path.name
-    if not name.endswith(WEIGHTS_SUFFIXES):
+def _read_resnet50_weights(path: Path, name: str) -> LayerWeights:
+    if not path.name.endswith(WEIGHTS_SUFFIXES):
         raise InvalidWeightsError(
             f"weights file {name!r} must end in .weights.h5 (Keras 3) or .h5 (Keras' notop layout)"
         )
     if not h5py.is_hdf5(path):
         raise InvalidWeightsError(f"weights file {name!r} is not an HDF5 file")
     reference = resnet50_backbone(3)
-    if not name.endswith(".weights.h5"):
-        _check_legacy_layout(path, reference)
+    if not path.name.endswith(".weights.h5"):
+        try:
+            _check_legacy_layout(path, reference, name)
+        except InvalidWeightsError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:  # h5py on a truncated or damaged file
+            raise InvalidWeightsError(
+                f"weights file {name!r} could not be read: {exc}. A truncated download looks "
+                "like this; download it again"
+            ) from exc
     try:
         reference.load_weights(path)
     except Exception as exc:  # Keras raises several types for a file of another model
@@ -150,7 +158,7 @@ def _read_resnet50_weights(path: Path) -> LayerWeights:
     return {layer.name: layer.get_weights() for layer in reference.layers if layer.weights}
 
 
-def _check_legacy_layout(path: Path, reference: keras.Model) -> None:
+def _check_legacy_layout(path: Path, reference: keras.Model, name: str) -> None:
     """Match every layer of Keras' notop layout by name and shape, for an error that says which."""
     with h5py.File(path, "r") as f:
         root = f.get("model_weights", f)
@@ -159,7 +167,7 @@ def _check_legacy_layout(path: Path, reference: keras.Model) -> None:
                 continue
             if layer.name not in root:
                 raise InvalidWeightsError(
-                    f"weights file {path.name!r} is not a Keras ResNet50 notop file: layer "
+                    f"weights file {name!r} is not a Keras ResNet50 notop file: layer "
                     f"{layer.name!r} is missing"
                 )
             group = root[layer.name]
@@ -171,6 +179,6 @@ def _check_legacy_layout(path: Path, reference: keras.Model) -> None:
             expected = [tuple(w.shape) for w in layer.weights]
             if shapes != expected:
                 raise InvalidWeightsError(
-                    f"weights file {path.name!r} is not a 3-band ResNet50: layer {layer.name!r} has "
+                    f"weights file {name!r} is not a 3-band ResNet50: layer {layer.name!r} has "
                     f"weights of shapes {shapes}, expected {expected}"
                 )

@@ -54,10 +54,12 @@ async def create_weights(request: Request, settings: SettingsDep, session: Sessi
         target.parent.mkdir(parents=True)
         shutil.move(uploaded.path, target)
         try:
-            await run_in_threadpool(check_resnet50_weights, target)
-        except InvalidWeightsError as exc:
+            await run_in_threadpool(check_resnet50_weights, target, uploaded.filename)
+        except BaseException as exc:  # refused or not, nothing of it is kept
             shutil.rmtree(target.parent, ignore_errors=True)
-            raise Problem(422, str(exc)) from exc
+            if isinstance(exc, InvalidWeightsError):
+                raise Problem(422, str(exc)) from exc
+            raise
     finally:
         upload.remove()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+import h5py
+import numpy as np
 import pytest
 
 from anyband.pretrained import IMAGENET_WEIGHTS_FILE, load_resnet50_weights
@@ -41,7 +43,7 @@ def test_valid_notop_weights_are_stored_checked_and_listed(client, keras_home_di
 def test_six_band_resnet_weights_are_refused_and_not_kept(client, tmp_path, data_dir):
     path = write_keras_notop_h5(tmp_path / "six.h5", random_resnet50_weights(3, channels=6))
 
-    assert_problem(upload(client, path), 422, "not a 3-band ResNet50", "conv1_conv")
+    assert_problem(upload(client, path), 422, "'six.h5' is not a 3-band ResNet50", "conv1_conv")
 
     assert client.get("/v1/weights").json()["count"] == 0
     assert not any((data_dir / "weights").iterdir())
@@ -65,3 +67,18 @@ def test_weights_over_their_limit_are_413(make_client, tmp_path):
     path = tmp_path / "w.h5"
     path.write_bytes(b"\0" * 5000)
     assert_problem(upload(client, path), 413, "1000 byte limit")
+
+
+def test_a_truncated_download_is_refused_by_its_name_and_not_kept(client, tmp_path, data_dir):
+    whole = tmp_path / "whole.h5"
+    with h5py.File(whole, "w") as f:
+        f["conv1_conv/kernel"] = np.zeros((4000, 16), "float32")
+    truncated = tmp_path / "resnet50_notop_download.h5"
+    truncated.write_bytes(whole.read_bytes()[:2000])  # the HDF5 signature survives
+
+    response = upload(client, truncated)
+
+    assert_problem(response, 422, "'resnet50_notop_download.h5' could not be read", "again")
+    assert client.get("/v1/weights").json()["count"] == 0
+    assert not any((data_dir / "weights").iterdir())  # before: a 500, and the file left behind
+    assert client.get("/healthz").json()["status"] == "ok"
