@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -30,8 +30,14 @@ def get_db(request: Request) -> Iterator[Session]:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
+# Paging of every list: newest first, at most MAX_PAGE rows a page.
+MAX_PAGE = 1000
+Offset = Annotated[int, Query(ge=0, description="rows to skip, newest first")]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"rows to return, 1..{MAX_PAGE}")]
+
 
 async def require_api_key(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -39,6 +45,13 @@ async def require_api_key(
     if not keys:
         return
     if credentials is None:
-        raise Problem(401, "missing API key: send 'Authorization: Bearer <key>'")
+        sent = request.headers.get("authorization", "").split(" ", 1)[0]
+        what = f"the {sent!r} scheme is not accepted" if sent else "missing API key"
+        raise _unauthorized(f"{what}: send 'Authorization: Bearer <key>'")
     if not any(secrets.compare_digest(credentials.credentials, key) for key in keys):
-        raise Problem(401, "API key not recognised: use one of the keys in ANYBAND_API_KEYS")
+        raise _unauthorized("API key not recognised: use one of the keys in ANYBAND_API_KEYS")
+
+
+def _unauthorized(detail: str) -> Problem:
+    # RFC 9110 section 11.6.1: a 401 names the scheme it wants.
+    return Problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="anyband"'})

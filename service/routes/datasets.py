@@ -13,7 +13,7 @@ from anyband.datasets import DatasetLimits, ingest_dataset_zip
 from anyband.errors import InvalidDatasetError, InvalidRasterError
 from anyband.paths import dataset_dir
 from anyband.store import DATASET_READY, JOB_ACTIVE, Dataset, Job, new_id
-from service.deps import SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import DatasetPublic, DatasetsPublic
 from service.uploads import multipart_body, receive_multipart
@@ -80,9 +80,9 @@ async def create_dataset(request: Request, settings: SettingsDep, session: Sessi
 
 
 @router.get("", response_model=DatasetsPublic, operation_id="list_datasets")
-def list_datasets(session: SessionDep, offset: int = 0, limit: int = 100):
+def list_datasets(session: SessionDep, offset: Offset = 0, limit: Limit = 100):
     rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc()).offset(offset).limit(min(limit, 1000))
+        select(Dataset).order_by(Dataset.created_at.desc()).offset(offset).limit(limit)
     ).all()
     count = session.scalar(select(func.count()).select_from(Dataset))
     return DatasetsPublic(data=rows, count=count)

@@ -13,7 +13,7 @@ from anyband.jobspec import JobSpec, resolve_spec
 from anyband.queues import TRAIN_TASK
 from anyband.store import JOB_STATUSES, Dataset, Job, WeightsFile
 from service.broker import enqueue
-from service.deps import SessionDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import JobPublic, JobsPublic
 
@@ -67,8 +67,8 @@ def list_jobs(
     session: SessionDep,
     status: str | None = None,
     dataset_id: str | None = None,
-    offset: int = 0,
-    limit: int = 100,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ):
     if status is not None and status not in JOB_STATUSES:
         raise Problem(
@@ -79,9 +79,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     if dataset_id is not None:
         query = query.where(Job.dataset_id == dataset_id)
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc()).offset(offset).limit(min(limit, 1000))
-    ).all()
+    rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
     count = session.scalar(select(func.count()).select_from(query.subquery()))
     return JobsPublic(data=[JobPublic.model_validate(row) for row in rows], count=count)
 

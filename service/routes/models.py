@@ -10,7 +10,7 @@ from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, 
 from anyband.errors import ModelFileMismatchError
 from anyband.paths import model_dir
 from anyband.store import Model
-from service.deps import SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import ModelPublic, ModelsPublic
 
@@ -24,13 +24,13 @@ router = APIRouter(
 
 @router.get("", response_model=ModelsPublic, operation_id="list_models")
 def list_models(
-    session: SessionDep, dataset_id: str | None = None, offset: int = 0, limit: int = 100
+    session: SessionDep, dataset_id: str | None = None, offset: Offset = 0, limit: Limit = 100
 ):
     query = select(Model)
     if dataset_id is not None:
         query = query.where(Model.dataset_id == dataset_id)
     rows = session.scalars(
-        query.order_by(Model.created_at.desc()).offset(offset).limit(min(limit, 1000))
+        query.order_by(Model.created_at.desc()).offset(offset).limit(limit)
     ).all()
     count = session.scalar(select(func.count()).select_from(query.subquery()))
     return ModelsPublic(data=rows, count=count)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from scripts.export_openapi import OPENAPI_PATH, render
 from tests.service.conftest import assert_problem
+from tests.service.test_datasets_api import upload
+from tests.tiles import random_tiles, write_dataset_zip
 
 
 def test_healthz_is_open_and_reports_the_database(client):
@@ -17,14 +21,38 @@ def test_healthz_is_open_and_reports_the_database(client):
     assert response.json()["status"] == "ok"
 
 
-def test_missing_api_key_is_401(client):
+def test_missing_api_key_is_401_naming_the_scheme_it_wants(client):
     client.headers.pop("Authorization")
-    assert_problem(client.get("/v1/datasets"), 401, "missing API key", "Bearer")
+    response = client.get("/v1/datasets")
+    assert_problem(response, 401, "missing API key", "Bearer")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_wrong_api_key_is_401(client):
     client.headers["Authorization"] = "Bearer not-a-key"
-    assert_problem(client.get("/v1/weights"), 401, "not recognised")
+    response = client.get("/v1/weights")
+    assert_problem(response, 401, "not recognised")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_another_auth_scheme_is_401_saying_so(client):
+    client.headers["Authorization"] = "Basic dXNlcjpwYXNz"
+    assert_problem(client.get("/v1/jobs"), 401, "'Basic' scheme is not accepted", "Bearer <key>")
+
+
+@pytest.mark.parametrize("route", ["/v1/datasets", "/v1/jobs", "/v1/models"])
+@pytest.mark.parametrize("query", ["limit=-1", "limit=0", "limit=1001", "offset=-5"])
+def test_paging_outside_its_range_is_a_422_naming_the_parameter(client, route, query):
+    name = query.split("=")[0]
+    assert_problem(client.get(f"{route}?{query}"), 422, name)
+
+
+def test_paging_pages(client, tmp_path):
+    zip_path = write_dataset_zip(tmp_path / "d.zip", {"a": random_tiles(2), "b": random_tiles(2)})
+    ids = [upload(client, zip_path).json()["id"] for _ in range(3)]
+    newest_first = ids[::-1]
+    page = client.get("/v1/datasets?offset=1&limit=1").json()
+    assert page["count"] == 3 and [d["id"] for d in page["data"]] == newest_first[1:2]
 
 
 def test_auth_is_off_without_keys(make_client):
