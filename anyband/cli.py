@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -103,12 +104,31 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from anyband.artifacts import CARD_FILE
     from anyband.model import describe
     from anyband.saving import load_model
 
-    if not args.path.is_file():
-        raise FileNotFoundError(f"no model file at {args.path}")
-    print(json.dumps(describe(load_model(args.path)), indent=2))
+    path = args.path
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model (a Keras 3 zip archive); truncated?")
+    try:
+        model = load_model(path)
+    except Exception as exc:  # Keras raises KeyError, ValueError, OSError ... for a bad archive
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a readable .keras model: {reason}") from exc
+    try:
+        described = describe(model)
+    except ValueError as exc:  # get_layer: no band normalization layer
+        raise ValueError(
+            f"{path} is a Keras model, but not one anyband built: it has no band normalization "
+            "layer (build one with `anyband build` or train one through the API)"
+        ) from exc
+    card = path.parent / CARD_FILE  # a model folder of the service: its classes have names
+    if card.is_file():
+        described["class_names"] = json.loads(card.read_text()).get("classes")
+    print(json.dumps(described, indent=2))
     return 0
 
 
