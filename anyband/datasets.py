@@ -355,7 +355,9 @@ def _ingest(
                     )
                     stats = _RunningStats(info.count)
                 else:
-                    _check_matches_first(info, first, tile)
+                    for what, trait, _ in _TRAITS:
+                        if trait(info) != trait(first):
+                            raise _odd_ones_out(archive, zip_size, tiles, staging, limits, what)
                 if info.nodata is not None and math.isfinite(info.nodata):
                     if nodata is not None and info.nodata != nodata:
                         raise InvalidDatasetError(
@@ -452,21 +454,43 @@ def _check_first_tile(info: RasterInfo, tile: _Tile, num_tiles: int, limits: Dat
         )
 
 
-def _check_matches_first(info: RasterInfo, first: RasterInfo, tile: _Tile) -> None:
-    if info.count != first.count:
-        raise InvalidDatasetError(
-            f"mixed band counts: {tile.entry!r} has {info.count} bands, "
-            f"earlier tiles have {first.count}"
-        )
-    if info.dtype != first.dtype:
-        raise InvalidDatasetError(
-            f"mixed pixel types: {tile.entry!r} is {info.dtype}, earlier tiles are {first.dtype}"
-        )
-    if (info.height, info.width) != (first.height, first.width):
-        raise InvalidDatasetError(
-            f"mixed tile sizes: {tile.entry!r} is {info.height} x {info.width} px (height x "
-            f"width), earlier tiles are {first.height} x {first.width}"
-        )
+# What every tile must share: (what it is called, its value in a header, how to say the value).
+_TRAITS = (
+    ("band counts", lambda info: info.count, lambda count: f"{count} bands"),
+    ("pixel types", lambda info: info.dtype, str),
+    ("tile sizes", lambda info: (info.height, info.width), lambda hw: f"{hw[0]} x {hw[1]} px"),
+)
+
+
+def _odd_ones_out(
+    archive: zipfile.ZipFile,
+    zip_size: int,
+    tiles: list[_Tile],
+    staging: Path,
+    limits: DatasetLimits,
+    what: str,
+) -> InvalidDatasetError:
+    """The refusal of tiles that do not all share a trait, naming the tiles that differ from
+    most, not whichever came first (one odd tile that sorts first would blame all the others).
+    Reads every tile's header again, within the same limits."""
+    _, trait, show = next(t for t in _TRAITS if t[0] == what)
+    seen: dict = {}
+    scratch, inflated = staging / "header.tif", 0
+    for tile in tiles:
+        inflated += _extract(archive, tile.info, scratch, zip_size, limits, inflated)
+        with open_geotiff(scratch, max_bytes=limits.max_tile_bytes, name=tile.entry) as dataset:
+            seen.setdefault(trait(raster_info(dataset)), []).append(tile.entry)
+        scratch.unlink()
+    common = max(seen, key=lambda value: len(seen[value]))
+    odd = [
+        (entry, value) for value, entries in seen.items() if value != common for entry in entries
+    ]
+    named = ", ".join(f"{entry!r} has {show(value)}" for entry, value in odd[:3])
+    more = f" and {len(odd) - 3} more differ" if len(odd) > 3 else ""
+    return InvalidDatasetError(
+        f"mixed {what}: {len(seen[common])} of {len(tiles)} tiles have {show(common)}, but "
+        f"{named}{more}; every tile must have the same"
+    )
 
 
 def _copy_tile(

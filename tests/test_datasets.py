@@ -486,7 +486,9 @@ def test_mixed_band_counts(sandbox):
     path = write_dataset_zip(sandbox.uploads / "d.zip", tiles)
 
     sandbox.refuses(
-        path, match=r"mixed band counts: 'b/b_0\.tif' has 4 bands, earlier tiles have 5"
+        path,
+        match=r"mixed band counts: 2 of 4 tiles have 5 bands, but 'b/b_0\.tif' has 4 bands, "
+        r"'b/b_1\.tif' has 4 bands; every tile must have the same",
     )
 
 
@@ -495,7 +497,7 @@ def test_mixed_dtypes(sandbox):
     path = write_dataset_zip(sandbox.uploads / "d.zip", tiles)
 
     sandbox.refuses(
-        path, match=r"mixed pixel types: 'b/b_0\.tif' is uint8, earlier tiles are uint16"
+        path, match=r"mixed pixel types: 2 of 4 tiles have uint16, but 'b/b_0\.tif' has uint8"
     )
 
 
@@ -505,8 +507,29 @@ def test_mixed_sizes(sandbox):
 
     sandbox.refuses(
         path,
-        match=r"mixed tile sizes: 'b/b_0\.tif' is 48 x 32 px \(height x width\), "
-        r"earlier tiles are 32 x 48",
+        match=r"mixed tile sizes: 2 of 4 tiles have 32 x 48 px, but 'b/b_0\.tif' has 48 x 32 px",
+    )
+
+
+def test_one_odd_tile_that_comes_first_is_the_one_named(sandbox):
+    tiles = {"a": random_tiles(1, shape=(32, 32, 3)) + random_tiles(2, shape=(32, 32, 4))}
+    tiles["b"] = random_tiles(3, shape=(32, 32, 4))
+    path = write_dataset_zip(sandbox.uploads / "d.zip", tiles)
+
+    sandbox.refuses(
+        path, match=r"mixed band counts: 5 of 6 tiles have 4 bands, but 'a/a_0\.tif' has 3 bands;"
+    )
+
+
+def test_many_odd_tiles_are_counted_not_all_listed(sandbox):
+    tiles = {"a": random_tiles(6, shape=(32, 32, 3)), "b": random_tiles(2, shape=(32, 32, 3))}
+    tiles["b"] += random_tiles(5, shape=(32, 32, 3), dtype="uint8")
+    path = write_dataset_zip(sandbox.uploads / "d.zip", tiles)
+
+    sandbox.refuses(
+        path,
+        match=r"mixed pixel types: 8 of 13 tiles have uint16, but 'b/b_2\.tif' has uint8, "
+        r"'b/b_3\.tif' has uint8, 'b/b_4\.tif' has uint8 and 2 more differ;",
     )
 
 
