@@ -134,7 +134,7 @@ def run_training_job(
                 _discard_checkpoints_if_cancelled(sessions, settings, job_id)
                 return _status(sessions, job_id)
             except Exception as exc:
-                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+                log_failure(log, "job", job_id, exc)
                 jobs.fail(sessions, job_id, worker_id, _readable(exc))
                 return _status(sessions, job_id)
         if jobs.finish(sessions, job_id, worker_id, model):
@@ -274,3 +274,12 @@ def _readable(exc: Exception) -> str:
     if isinstance(exc, (AnybandError, FileNotFoundError, ValueError)):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def log_failure(logger: logging.Logger, what: str, job_id: str, exc: Exception) -> None:
+    """A refusal anyband raised on purpose (weights not found, a bad dataset) is the user's to
+    fix and is said in one line; anything else is a bug, logged with its traceback."""
+    if isinstance(exc, AnybandError):
+        logger.warning("%s %s failed: %s", what, job_id, exc)
+    else:
+        logger.error("%s %s failed:\n%s", what, job_id, traceback.format_exc())

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-import traceback
 from collections.abc import Callable
 
 from anyband import jobs
 from anyband.artifacts import why_unusable
 from anyband.errors import JobCancelled
 from anyband.paths import model_dir, scene_dir
-from anyband.runner import Lease, hand_back
+from anyband.runner import Lease, hand_back, log_failure
 from anyband.settings import Settings
 from anyband.store import Model, Scene, init_db
 
@@ -77,7 +76,7 @@ def run_scene_job(
                 log.info("scene %s: stopped (cancelled or taken over)", scene_id)
                 return _status(sessions, scene_id)
             except Exception as exc:
-                log.error("scene %s failed:\n%s", scene_id, traceback.format_exc())
+                log_failure(log, "scene", scene_id, exc)
                 jobs.fail(sessions, scene_id, worker_id, why_unusable(exc), table=Scene)
                 return _status(sessions, scene_id)
         if jobs.finish_scene(sessions, scene_id, worker_id):

@@ -218,3 +218,27 @@ def test_model_file_is_served_only_while_it_matches_its_recorded_hash(client, da
     assert_problem(client.get(f"{url}/model.keras"), 409, "no longer matches the sha256")
     listed = client.get("/v1/models").json()
     assert listed["count"] == 1 and listed["data"][0]["artifacts"][0] == "model.keras"
+
+
+def test_a_job_refused_by_anyband_is_logged_in_one_line_and_failed_with_the_reason(
+    make_client, tmp_path, caplog
+):
+    from anyband.runner import run_training_job
+
+    settings_fields = {"imagenet_weights": tmp_path / "nowhere" / "resnet50_notop.h5"}
+    client = make_client(**settings_fields)
+    zip_path = write_dataset_zip(
+        tmp_path / "d.zip", separable_classes(per_class=4, shape=(32, 32, 3))
+    )
+    dataset = upload(client, zip_path).json()
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 1}).json()
+
+    with caplog.at_level("INFO", logger="anyband"):
+        status = run_training_job(job["id"], client.app.state.settings, "test-runner")
+
+    assert status == "failed"
+    error = client.get(f"/v1/jobs/{job['id']}").json()["error"]
+    assert "resnet50_notop.h5" in error
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.levelname for r in failures] == ["WARNING"]  # before: ERROR, with a traceback
+    assert "Traceback" not in caplog.text and error.splitlines()[0] in failures[0].getMessage()
