@@ -96,6 +96,17 @@ def resolve_spec(
         )
     elif len(set(bands)) != len(bands):
         error("bands", f"bands must be distinct. Received: bands={bands}")
+    else:
+        stds = (dataset.band_stats or {}).get("std") or []
+        constant = [b for b in bands if b <= len(stds) and not stds[b - 1] > 0]
+        if constant:
+            error(
+                "bands",
+                f"band(s) {constant} of dataset '{dataset.id}' hold one value in every valid "
+                "pixel (std 0): they tell the classes nothing, and any other value in a tile "
+                "to predict would reach the model unscaled. Leave them out of bands. "
+                f"Received: bands={bands}",
+            )
 
     channels = spec.channels if spec.channels is not None else len(bands)
     if channels != len(bands):

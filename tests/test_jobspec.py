@@ -339,3 +339,13 @@ def test_epochs_below_the_default_freeze_epochs_freezes_every_epoch():
     assert JobSpec(dataset_id="d", epochs=5).freeze_epochs == 2
     with pytest.raises(ValidationError, match="freeze_epochs must be <= epochs"):
         JobSpec(dataset_id="d", epochs=1, freeze_epochs=2)
+
+
+def test_a_constant_band_is_refused_naming_it_and_can_be_left_out(sqlite_sessions):
+    with sqlite_sessions() as session:
+        stats = {"mean": [100.0 * b for b in range(1, 7)], "std": [10.0, 0.0, 10, 10, 0, 10]}
+        dataset = add_ready_dataset(session, band_stats=stats)
+        error = the_error(dataset)  # the default: every band
+        assert error["field"] == "bands"
+        assert "band(s) [2, 5]" in error["message"] and "Leave them out" in error["message"]
+        assert resolve(dataset, bands=[1, 3, 4, 6]).channels == 4
