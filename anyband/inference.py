@@ -91,6 +91,14 @@ def prepare(pixels: np.ndarray, model: ModelInput, nodata: float | None = None) 
     """Raw (..., H, W, dataset_bands) pixels -> float32 (..., H, W, channels) in model band order,
     invalid values set to the band mean exactly as the training cache holds them. `nodata` is
     the raster's own (default: the dataset's)."""
+    return prepare_tile(pixels, model, nodata)[0]
+
+
+def prepare_tile(
+    pixels: np.ndarray, model: ModelInput, nodata: float | None = None
+) -> tuple[np.ndarray, float]:
+    """`prepare`, and the share of pixels valid in every band the model reads: an answer on a
+    tile that is mostly nodata rests on band means, and its caller should be told."""
     nodata = model.nodata if nodata is None else nodata
     if model.bands == tuple(range(1, pixels.shape[-1] + 1)):
         selected = pixels  # every band, in order: no copy before the cast
@@ -99,10 +107,11 @@ def prepare(pixels: np.ndarray, model: ModelInput, nodata: float | None = None) 
     with np.errstate(over="ignore"):
         out = selected.astype(np.float32, order="C")
     invalid = _invalid(selected, nodata, out)
-    if invalid.any():
-        means = np.asarray(model.band_mean, dtype=np.float32)
-        np.copyto(out, np.broadcast_to(means, out.shape), where=invalid)
-    return out
+    if not invalid.any():
+        return out, 1.0
+    means = np.asarray(model.band_mean, dtype=np.float32)
+    np.copyto(out, np.broadcast_to(means, out.shape), where=invalid)
+    return out, 1.0 - float(invalid.any(axis=-1).mean())
 
 
 def valid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

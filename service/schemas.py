@@ -135,6 +135,11 @@ class Prediction(BaseModel):
     filename: str
     label: str
     probabilities: dict[str, float]
+    valid_fraction: float = Field(
+        description="share of the tile's pixels valid in every band the model reads; the rest "
+        "(nodata, NaN) were set to the band mean, so a low value means the answer rests on "
+        "little data, and 0 on none"
+    )
 
 
 class PredictionsPublic(BaseModel):

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from anyband.artifacts import why_unusable
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
-from anyband.inference import ModelInput, check_raster, prepare
+from anyband.inference import ModelInput, check_raster, prepare_tile
 from anyband.rasters import RasterInfo, declared_bytes, format_bytes, read_tile
 from anyband.serving import Reservation, ServedModel
 from anyband.settings import Settings
@@ -80,7 +80,7 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                 )
             finally:
                 upload.remove()
-            answers = [batcher.enqueue(tile[np.newaxis]) for tile in tiles]
+            answers = [batcher.enqueue(tile[np.newaxis]) for tile, _ in tiles]
         probabilities = await asyncio.gather(*answers)
     return {
         "model_id": model_id,
@@ -89,8 +89,9 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                 "filename": uploaded.filename,
                 "label": served.classes[int(np.argmax(p[0]))],
                 "probabilities": dict(zip(served.classes, p[0].tolist(), strict=True)),
+                "valid_fraction": valid,
             }
-            for uploaded, p in zip(files, probabilities, strict=True)
+            for uploaded, (_, valid), p in zip(files, tiles, probabilities, strict=True)
         ],
     }
 
@@ -124,8 +125,9 @@ def _busy(held: Reservation, what: str, needed: int) -> Problem:
 
 def _read_tiles(
     files: list[UploadedFile], model_input: ModelInput, settings: Settings, held: Reservation
-) -> list[np.ndarray]:
-    """Each tile checked as untrusted and against the model, then made ready for it. The
+) -> list[tuple[np.ndarray, float]]:
+    """Each tile checked as untrusted and against the model, then made ready for it, with the
+    share of its pixels that are valid. The
     request's pixels, as read and as the model's float32, must fit `max_predict_bytes` and, with
     every other request in flight, `max_predict_inflight_bytes` (`held`): both checked from each
     header before its pixels are decoded (a small body can declare huge tiles)."""
@@ -163,5 +165,5 @@ def _read_tiles(
                 str(exc),
                 errors=[{"field": "files", "message": str(exc), "filename": uploaded.filename}],
             ) from exc
-        tiles.append(prepare(pixels, model_input, info.nodata))
+        tiles.append(prepare_tile(pixels, model_input, info.nodata))
     return tiles

@@ -356,3 +356,19 @@ def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained
     assert sum(batch_sizes) == 33
     assert max(batch_sizes) > 1, batch_sizes  # requests shared model calls
     assert len(batch_sizes) < 33
+
+
+def test_each_answer_says_how_much_of_its_tile_the_model_could_read(api, trained):
+    _, model, _ = trained
+    half = good_tile(2)
+    half[:16, :, MODEL_BANDS[0] - 1] = 0  # nodata in the top half of a band the model reads
+    unread = good_tile(3)
+    unread[:, :, 1] = 0  # band 2 all nodata: the model does not read it
+    tiles = {"full.tif": good_tile(1), "half.tif": half, "unread.tif": unread}
+    tiles["empty.tif"] = np.zeros_like(half)
+
+    response = api.post(f"/v1/models/{model['id']}/predict", files=tile_upload(tiles, nodata=0))
+
+    assert response.status_code == 200, response.text
+    got = {p["filename"]: p["valid_fraction"] for p in response.json()["predictions"]}
+    assert got == {"full.tif": 1.0, "half.tif": 0.5, "unread.tif": 1.0, "empty.tif": 0.0}
