@@ -223,7 +223,8 @@ def _plan(archive: zipfile.ZipFile, limits: DatasetLimits) -> list[_Tile]:
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
         raise InvalidDatasetError(
-            f"the zip has {len(infos)} entries; at most {limits.max_entries} are allowed"
+            f"the zip has {len(infos)} entries; at most {limits.max_entries} are allowed "
+            "(ANYBAND_MAX_ZIP_ENTRIES)"
         )
     seen: set[str] = set()
     kept: list[tuple[zipfile.ZipInfo, list[str]]] = []
@@ -424,17 +425,18 @@ def _extract(
             if size > limits.max_entry_bytes:
                 raise InvalidDatasetError(
                     f"entry {name!r} inflates past {format_bytes(limits.max_entry_bytes)}, "
-                    f"the limit for one file"
+                    f"the limit for one file (ANYBAND_MAX_ENTRY_BYTES)"
                 )
             if inflated_before + size > limits.max_total_bytes:
                 raise InvalidDatasetError(
                     f"the tiles inflate past {format_bytes(limits.max_total_bytes)}, the limit "
-                    f"for a whole dataset (reached at entry {name!r})"
+                    f"for a whole dataset (ANYBAND_MAX_DATASET_BYTES; reached at entry {name!r})"
                 )
             if size > _RATIO_GRACE_BYTES and size > compressed * limits.max_compression_ratio:
                 raise InvalidDatasetError(
                     f"entry {name!r} inflates more than {limits.max_compression_ratio:g} times "
-                    f"its compressed size of {format_bytes(compressed)}; refused as a zip bomb"
+                    f"its compressed size of {format_bytes(compressed)}; refused as a zip bomb "
+                    "(ANYBAND_MAX_COMPRESSION_RATIO)"
                 )
             out.write(chunk)
 
@@ -450,7 +452,7 @@ def _check_first_tile(info: RasterInfo, tile: _Tile, num_tiles: int, limits: Dat
         raise InvalidDatasetError(
             f"{num_tiles} tiles of {info.height} x {info.width} x {info.count} make a "
             f"{format_bytes(cache_bytes)} float32 training cache, over the "
-            f"{format_bytes(limits.max_cache_bytes)} limit"
+            f"{format_bytes(limits.max_cache_bytes)} limit (ANYBAND_MAX_CACHE_BYTES)"
         )
 
 

@@ -227,7 +227,8 @@ def _check_header(dataset: DatasetReader, name: str, max_bytes: int) -> None:
     if size > max_bytes:
         raise InvalidRasterError(
             f"{name!r} declares {dataset.width} x {dataset.height} x {dataset.count} {dtype} "
-            f"= {format_bytes(size)}, over the {format_bytes(max_bytes)} budget for one raster"
+            f"= {format_bytes(size)}, over the {format_bytes(max_bytes)} budget for one raster "
+            "(ANYBAND_MAX_TILE_BYTES for a tile, ANYBAND_MAX_SCENE_BYTES for a scene)"
         )
 
 

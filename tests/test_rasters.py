@@ -125,7 +125,8 @@ def test_huge_declared_size_is_refused_before_any_pixel_is_read(tmp_path):
 
     assert str(error.value) == (
         "'a/x.tif' declares 100000 x 100000 x 1 uint8 = 9.3 GiB, "
-        "over the 256 MiB budget for one raster"
+        "over the 256 MiB budget for one raster "
+        "(ANYBAND_MAX_TILE_BYTES for a tile, ANYBAND_MAX_SCENE_BYTES for a scene)"
     )
 
 
