@@ -58,15 +58,23 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError):
-        errors = [
-            {
-                "field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
-                "message": e["msg"],
-            }
-            for e in exc.errors()
-        ]
+        errors = [_field_error(e) for e in exc.errors()]
         problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem_response(422, f"the request is invalid: {problems}", errors)
+
+
+def _field_error(error: dict) -> dict:
+    if error["type"] == "json_invalid":  # its loc is ("body", character offset), not a field
+        reason = (error.get("ctx") or {}).get("error", error["msg"])
+        at = error["loc"][-1] if isinstance(error["loc"][-1], int) else "?"
+        return {
+            "field": "body",
+            "message": f"not valid JSON ({reason} at character {at}); send a JSON object",
+        }
+    return {
+        "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
+        "message": error["msg"],
+    }
 
 
 PROBLEM_RESPONSES = {

@@ -242,3 +242,11 @@ def test_a_job_refused_by_anyband_is_logged_in_one_line_and_failed_with_the_reas
     failures = [r for r in caplog.records if "failed" in r.getMessage()]
     assert [r.levelname for r in failures] == ["WARNING"]  # before: ERROR, with a traceback
     assert "Traceback" not in caplog.text and error.splitlines()[0] in failures[0].getMessage()
+
+
+def test_a_body_that_is_not_json_is_a_422_on_the_body(client):
+    response = client.post(
+        "/v1/jobs", content=b"{'dataset_id': 'x'}", headers={"Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 422, "body: not valid JSON", "at character 1")
+    assert problem["errors"][0]["field"] == "body"  # before: "0", the character offset
