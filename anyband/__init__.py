@@ -1,32 +1,43 @@
-"""anyband: fine-tune ImageNet ResNet50 on satellite imagery with any number of bands."""
+"""anyband: fine-tune ImageNet ResNet50 on satellite imagery with any number of bands.
 
-from anyband.adapt import INIT_STRATEGIES, adapt_conv1_kernel, per_band_kernel
-from anyband.errors import AnybandError, InvalidWeightsError, WeightsNotFoundError
-from anyband.layers import BandsToBatch, BatchToBands
-from anyband.model import backbone_of, build_classifier, feature_extractor
-from anyband.pretrained import (
-    IMAGENET_WEIGHTS_FILE,
-    check_resnet50_weights,
-    load_resnet50_weights,
-    resolve_imagenet_weights,
-)
-from anyband.saving import load_model
+The names below load on first use (PEP 562): `import anyband`, the `anyband --help` command and
+the worker's parent process do not pay for TensorFlow until something needs it.
+"""
 
-__all__ = [
-    "INIT_STRATEGIES",
-    "IMAGENET_WEIGHTS_FILE",
-    "AnybandError",
-    "BandsToBatch",
-    "BatchToBands",
-    "InvalidWeightsError",
-    "WeightsNotFoundError",
-    "adapt_conv1_kernel",
-    "backbone_of",
-    "build_classifier",
-    "check_resnet50_weights",
-    "feature_extractor",
-    "load_model",
-    "load_resnet50_weights",
-    "per_band_kernel",
-    "resolve_imagenet_weights",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "INIT_STRATEGIES": "anyband.adapt",
+    "adapt_conv1_kernel": "anyband.adapt",
+    "per_band_kernel": "anyband.adapt",
+    "AnybandError": "anyband.errors",
+    "InvalidWeightsError": "anyband.errors",
+    "WeightsNotFoundError": "anyband.errors",
+    "BandsToBatch": "anyband.layers",
+    "BatchToBands": "anyband.layers",
+    "backbone_of": "anyband.model",
+    "build_classifier": "anyband.model",
+    "feature_extractor": "anyband.model",
+    "IMAGENET_WEIGHTS_FILE": "anyband.pretrained",
+    "check_resnet50_weights": "anyband.pretrained",
+    "load_resnet50_weights": "anyband.pretrained",
+    "resolve_imagenet_weights": "anyband.pretrained",
+    "load_model": "anyband.saving",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anyband' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-INIT_STRATEGIES = ("random", "repeat", "mean", "rgb", "per_band")
+from anyband.strategies import INIT_STRATEGIES as INIT_STRATEGIES  # re-exported
+
 CHANNEL_ORDERS = ("bgr", "rgb")
 DEFAULT_INITIALIZERS = {"random": "glorot_uniform", "rgb": "zeros"}
 

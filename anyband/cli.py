@@ -11,8 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from anyband.adapt import INIT_STRATEGIES
 from anyband.errors import AnybandError
+from anyband.strategies import INIT_STRATEGIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     api = commands.add_parser("api", help="run the REST API (uvicorn)")
-    api.add_argument("--host", default="127.0.0.1")
-    api.add_argument("--port", type=int, default=8000)
-    api.add_argument("--log-level", default="info")
+    _add_server_arguments(api)
     api.set_defaults(run=_api)
 
     worker = commands.add_parser(
@@ -72,11 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the API and one worker together (the one-machine default)"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
+    _add_server_arguments(serve)
     serve.set_defaults(run=_serve)
     return parser
+
+
+def _add_server_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s; another needs ANYBAND_API_KEYS)",
+    )
+    command.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    command.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level (default: %(default)s)",
+    )
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -109,3 +109,15 @@ def _zip_without_config(path):
 
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("metadata.json", "{}")
+
+
+def test_help_and_import_anyband_do_not_load_tensorflow():
+    code = (
+        "import sys, anyband, anyband.cli\n"
+        "try:\n    anyband.cli.main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "assert 'build_classifier' in dir(anyband)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "address to listen on" in shown.stdout and "ANYBAND_API_KEYS" in shown.stdout
