@@ -217,11 +217,12 @@ def release(
         )
 
 
-def cancel(session: Session, job_id: str) -> bool:
-    """Cancel a queued or running job; False when it already reached a terminal state."""
+def cancel(session: Session, job_id: str, *, table: Leased = Job) -> bool:
+    """Cancel a queued or running job (or scene); False when it already reached a terminal
+    state. A worker running it loses its lease at its next renewal and stops there."""
     result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(JOB_ACTIVE))
+        update(table)
+        .where(table.id == job_id, table.status.in_(JOB_ACTIVE))
         .values(status=JOB_CANCELLED, finished_at=utcnow(), lease_owner=None, lease_expires_at=None)
     )
     session.commit()

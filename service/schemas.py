@@ -185,3 +185,8 @@ class ScenePublic(BaseModel):
                 else None,
             }
         return data
+
+
+class ScenesPublic(BaseModel):
+    data: list[ScenePublic]
+    count: int

@@ -8,6 +8,7 @@ import shutil
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from sqlalchemy import func, select
 
 from anyband import jobs
 from anyband.artifacts import MODEL_FILE, read_card, verify_sha256, why_unusable
@@ -17,12 +18,12 @@ from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
 from anyband.scenes import check_scene, window_count
-from anyband.store import JOB_SUCCEEDED, Scene, new_id
+from anyband.store import JOB_ACTIVE, JOB_STATUSES, JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
-from service.deps import SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404 as get_model_or_404
-from service.schemas import ScenePublic
+from service.schemas import ScenePublic, ScenesPublic
 from service.uploads import multipart_body, receive_multipart
 
 router = APIRouter(
@@ -96,9 +97,67 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
         return ScenePublic.model_validate(session.get(Scene, scene_id))
 
 
+@router.get("/v1/scenes", response_model=ScenesPublic, operation_id="list_scenes")
+def list_scenes(
+    session: SessionDep,
+    model_id: str | None = None,
+    status: str | None = None,
+    offset: Offset = 0,
+    limit: Limit = 100,
+):
+    if status is not None and status not in JOB_STATUSES:
+        raise Problem(
+            422, f"status must be one of {', '.join(JOB_STATUSES)}. Received: status={status!r}"
+        )
+    query = select(Scene)
+    if model_id is not None:
+        query = query.where(Scene.model_id == model_id)
+    if status is not None:
+        query = query.where(Scene.status == status)
+    rows = session.scalars(query.order_by(Scene.created_at.desc()).offset(offset).limit(limit))
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    return ScenesPublic(data=[ScenePublic.model_validate(row) for row in rows], count=count)
+
+
 @router.get("/v1/scenes/{scene_id}", response_model=ScenePublic, operation_id="get_scene")
 def get_scene(scene_id: str, session: SessionDep):
     return ScenePublic.model_validate(_get_or_404(session, scene_id))
+
+
+@router.post(
+    "/v1/scenes/{scene_id}/cancel",
+    status_code=202,
+    response_model=ScenePublic,
+    operation_id="cancel_scene",
+)
+def cancel_scene(scene_id: str, session: SessionDep):
+    """A running scene's worker stops at its next progress report, within seconds."""
+    scene = _get_or_404(session, scene_id)
+    if not jobs.cancel(session, scene_id, table=Scene):
+        session.refresh(scene)
+        raise Problem(
+            409,
+            f"scene '{scene_id}' already {scene.status}; only queued or running scenes can be "
+            "cancelled",
+        )
+    session.refresh(scene)
+    return ScenePublic.model_validate(scene)
+
+
+@router.delete("/v1/scenes/{scene_id}", status_code=204, operation_id="delete_scene")
+def delete_scene(scene_id: str, session: SessionDep, settings: SettingsDep):
+    """The scene's record, its upload and its class map."""
+    scene = _get_or_404(session, scene_id)
+    if scene.status in JOB_ACTIVE:
+        raise Problem(
+            409,
+            f"scene '{scene_id}' is {scene.status} ({scene.windows_done} of "
+            f"{scene.windows_total} windows); cancel it first: POST /v1/scenes/{scene_id}/cancel",
+        )
+    session.delete(scene)
+    session.commit()
+    shutil.rmtree(scene_dir(settings.data_dir, scene_id), ignore_errors=True)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -372,3 +372,38 @@ def test_each_answer_says_how_much_of_its_tile_the_model_could_read(api, trained
     assert response.status_code == 200, response.text
     got = {p["filename"]: p["valid_fraction"] for p in response.json()["predictions"]}
     assert got == {"full.tif": 1.0, "half.tif": 0.5, "unread.tif": 1.0, "empty.tif": 0.0}
+
+
+def test_scenes_are_listed_cancelled_and_deleted_with_their_files(api, trained):
+    settings, model, _ = trained
+    url = f"/v1/models/{model['id']}/scenes"
+    ids = []
+    for i in range(2):  # no worker here: they stay queued
+        scene = {"file": (f"s{i}.tif", tile_bytes(good_tile(i)), "image/tiff")}
+        response = api.post(url, files=scene)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+
+    listed = api.get(f"/v1/scenes?model_id={model['id']}&status=queued").json()
+    assert {s["id"] for s in listed["data"]} >= set(ids) and listed["count"] >= 2
+    assert listed["data"][0]["id"] == ids[1]  # newest first
+    assert api.get("/v1/scenes?model_id=nope").json() == {"data": [], "count": 0}
+    assert_problem(api.get("/v1/scenes?status=done"), 422, "status must be one of")
+    assert_problem(api.get("/v1/scenes?limit=0"), 422, "limit")
+
+    first = settings.data_dir / "scenes" / ids[0]
+    assert (first / "input.tif").is_file()
+    assert_problem(api.delete(f"/v1/scenes/{ids[0]}"), 409, "is queued", "cancel it first")
+    cancelled = api.post(f"/v1/scenes/{ids[0]}/cancel")
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    assert_problem(api.post(f"/v1/scenes/{ids[0]}/cancel"), 409, "already cancelled")
+    assert_problem(api.get(f"/v1/scenes/{ids[0]}/result.tif"), 409, "is cancelled")
+
+    assert api.delete(f"/v1/scenes/{ids[0]}").status_code == 204
+    assert not first.exists()
+    assert_problem(api.get(f"/v1/scenes/{ids[0]}"), 404, ids[0])
+    assert_problem(api.delete(f"/v1/scenes/{ids[0]}"), 404, ids[0])
+    assert (settings.data_dir / "scenes" / ids[1] / "input.tif").is_file()  # the other stays
+    assert api.get(f"/v1/scenes/{ids[1]}").json()["status"] == "queued"
+    assert api.get("/healthz").status_code == 200

@@ -133,7 +133,30 @@ def test_a_stopped_worker_hands_its_scene_back_and_the_next_maps_it(stack_factor
     assert handed_back["progress"] == {"windows_done": 0, "windows_total": 57 * 57, "fraction": 0}
     assert f"scene {scene_id}: this worker is shutting down; handed back" in first.text()
 
-    stack.start_worker()
+    second = stack.start_worker()
     done = _wait_scene(stack, scene_id)
-    assert done["status"] == "succeeded", (done, stack.workers[1].text()[-3000:])
+    assert done["status"] == "succeeded", (done, second.text()[-3000:])
     assert done["progress"]["windows_done"] == done["progress"]["windows_total"] == 57 * 57
+
+    # The same scene again, cancelled while the worker maps it: the worker stops, then the
+    # scene and its files can be deleted.
+    response = stack.client.post(
+        f"/v1/models/{job['model_id']}/scenes",
+        files={"file": ("big.tif", tile_bytes(scene, crs="EPSG:32633"), "image/tiff")},
+        data={"stride": "8"},
+    )
+    again = response.json()["id"]
+    _wait_scene(stack, again, until=lambda s: s["progress"]["windows_done"] > 0)
+    assert_problem(stack.client.delete(f"/v1/scenes/{again}"), 409, "cancel it first")
+    assert stack.client.post(f"/v1/scenes/{again}/cancel").status_code == 202
+    deadline = time.monotonic() + 60
+    while f"scene {again}: stopped (cancelled" not in second.text():
+        assert time.monotonic() < deadline, second.text()[-3000:]
+        time.sleep(0.3)
+    stopped = stack.client.get(f"/v1/scenes/{again}").json()
+    assert stopped["status"] == "cancelled" and stopped["result"] is None
+    assert stopped["progress"]["windows_done"] < 57 * 57
+    assert stack.client.delete(f"/v1/scenes/{again}").status_code == 204
+    assert not (stack.settings.data_dir / "scenes" / again).exists()
+    listed = stack.client.get("/v1/scenes").json()
+    assert [s["id"] for s in listed["data"]] == [scene_id]
