@@ -8,9 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anyband.settings import Settings
+from anyband.store import JOB_STATUSES
 from service.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="one of ANYBAND_API_KEYS")
@@ -34,6 +36,23 @@ SessionDep = Annotated[Session, Depends(get_db)]
 MAX_PAGE = 1000
 Offset = Annotated[int, Query(ge=0, description="rows to skip, newest first")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"rows to return, 1..{MAX_PAGE}")]
+
+
+def newest_first(session: Session, table, offset: int, limit: int, **equal) -> tuple[list, int]:
+    """One page of `table`'s rows whose columns equal each of `equal` that is not None, newest
+    first, and how many rows match in all. A `status` filter must be a job status (422)."""
+    status = equal.get("status")
+    if status is not None and status not in JOB_STATUSES:
+        raise Problem(
+            422, f"status must be one of {', '.join(JOB_STATUSES)}. Received: status={status!r}"
+        )
+    query = select(table)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(getattr(table, column) == value)
+    rows = session.scalars(query.order_by(table.created_at.desc()).offset(offset).limit(limit))
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    return rows.all(), count
 
 
 async def require_api_key(

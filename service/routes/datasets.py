@@ -7,13 +7,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from anyband.datasets import DatasetLimits, ingest_dataset_zip
 from anyband.errors import InvalidDatasetError, InvalidRasterError
 from anyband.paths import dataset_dir
 from anyband.store import DATASET_READY, JOB_ACTIVE, Dataset, Job, new_id
-from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import DatasetPublic, DatasetsPublic
 from service.uploads import multipart_body, receive_multipart
@@ -81,10 +81,7 @@ async def create_dataset(request: Request, settings: SettingsDep, session: Sessi
 
 @router.get("", response_model=DatasetsPublic, operation_id="list_datasets")
 def list_datasets(session: SessionDep, offset: Offset = 0, limit: Limit = 100):
-    rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc()).offset(offset).limit(limit)
-    ).all()
-    count = session.scalar(select(func.count()).select_from(Dataset))
+    rows, count = newest_first(session, Dataset, offset, limit)
     return DatasetsPublic(data=rows, count=count)
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
-from sqlalchemy import func, select
 
 from anyband import jobs
 from anyband.errors import IdempotencyConflict, InvalidJobSpecError
 from anyband.jobspec import JobSpec, resolve_spec
 from anyband.queues import TRAIN_TASK
-from anyband.store import JOB_STATUSES, Dataset, Job, WeightsFile
+from anyband.store import Dataset, Job, WeightsFile
 from service.broker import enqueue
-from service.deps import Limit, Offset, SessionDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, newest_first, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import JobPublic, JobsPublic
 
@@ -70,17 +69,7 @@ def list_jobs(
     offset: Offset = 0,
     limit: Limit = 100,
 ):
-    if status is not None and status not in JOB_STATUSES:
-        raise Problem(
-            422, f"status must be one of {', '.join(JOB_STATUSES)}. Received: status={status!r}"
-        )
-    query = select(Job)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if dataset_id is not None:
-        query = query.where(Job.dataset_id == dataset_id)
-    rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
-    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows, count = newest_first(session, Job, offset, limit, status=status, dataset_id=dataset_id)
     return JobsPublic(data=[JobPublic.model_validate(row) for row in rows], count=count)
 
 

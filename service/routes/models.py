@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
 
 from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, verify_sha256
 from anyband.errors import ModelFileMismatchError
 from anyband.paths import model_dir
 from anyband.store import Model
-from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import ModelPublic, ModelsPublic
 
@@ -26,13 +25,7 @@ router = APIRouter(
 def list_models(
     session: SessionDep, dataset_id: str | None = None, offset: Offset = 0, limit: Limit = 100
 ):
-    query = select(Model)
-    if dataset_id is not None:
-        query = query.where(Model.dataset_id == dataset_id)
-    rows = session.scalars(
-        query.order_by(Model.created_at.desc()).offset(offset).limit(limit)
-    ).all()
-    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows, count = newest_first(session, Model, offset, limit, dataset_id=dataset_id)
     return ModelsPublic(data=rows, count=count)
 
 

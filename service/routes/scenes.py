@@ -8,7 +8,6 @@ import shutil
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
 
 from anyband import jobs
 from anyband.artifacts import MODEL_FILE, read_card, verify_sha256, why_unusable
@@ -18,9 +17,9 @@ from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
 from anyband.scenes import check_scene, window_count
-from anyband.store import JOB_ACTIVE, JOB_STATUSES, JOB_SUCCEEDED, Scene, new_id
+from anyband.store import JOB_ACTIVE, JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
-from service.deps import Limit, Offset, SessionDep, SettingsDep, require_api_key
+from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404 as get_model_or_404
 from service.schemas import ScenePublic, ScenesPublic
@@ -105,17 +104,7 @@ def list_scenes(
     offset: Offset = 0,
     limit: Limit = 100,
 ):
-    if status is not None and status not in JOB_STATUSES:
-        raise Problem(
-            422, f"status must be one of {', '.join(JOB_STATUSES)}. Received: status={status!r}"
-        )
-    query = select(Scene)
-    if model_id is not None:
-        query = query.where(Scene.model_id == model_id)
-    if status is not None:
-        query = query.where(Scene.status == status)
-    rows = session.scalars(query.order_by(Scene.created_at.desc()).offset(offset).limit(limit))
-    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows, count = newest_first(session, Scene, offset, limit, model_id=model_id, status=status)
     return ScenesPublic(data=[ScenePublic.model_validate(row) for row in rows], count=count)
 
 
