@@ -356,9 +356,9 @@ def _ingest(
                     )
                     stats = _RunningStats(info.count)
                 else:
-                    for what, trait, _ in _TRAITS:
-                        if trait(info) != trait(first):
-                            raise _odd_ones_out(archive, zip_size, tiles, staging, limits, what)
+                    for shared in _TRAITS:
+                        if shared[1](info) != shared[1](first):
+                            raise _odd_ones_out(archive, zip_size, tiles, staging, limits, shared)
                 if info.nodata is not None and math.isfinite(info.nodata):
                     if nodata is not None and info.nodata != nodata:
                         raise InvalidDatasetError(
@@ -470,12 +470,12 @@ def _odd_ones_out(
     tiles: list[_Tile],
     staging: Path,
     limits: DatasetLimits,
-    what: str,
+    shared: tuple,
 ) -> InvalidDatasetError:
-    """The refusal of tiles that do not all share a trait, naming the tiles that differ from
+    """The refusal of tiles that do not all share a trait (one of _TRAITS), naming the tiles that differ from
     most, not whichever came first (one odd tile that sorts first would blame all the others).
     Reads every tile's header again, within the same limits."""
-    _, trait, show = next(t for t in _TRAITS if t[0] == what)
+    what, trait, show = shared
     seen: dict = {}
     scratch, inflated = staging / "header.tif", 0
     for tile in tiles:
