@@ -169,14 +169,14 @@ def test_stopped_worker_hands_its_job_back_and_the_next_resumes_it(
     dataset = stack.upload_dataset(bands=4)
     first = stack.start_worker()
     job = stack.submit(
-        dataset_id=dataset["id"], weights="none", epochs=6, freeze_epochs=1, batch_size=8
+        dataset_id=dataset["id"], weights="none", epochs=4, freeze_epochs=1, batch_size=8
     )
     stack.wait(job["id"], lambda job: job["progress"]["epoch"] >= 1)
     os.killpg(first.process.pid, signal.SIGQUIT)
     assert first.process.wait(timeout=60) is not None  # it stopped by itself, in time
     checkpoint = stack.settings.data_dir / "jobs" / job["id"] / "checkpoint.json"
     checkpointed = json.loads(checkpoint.read_text())["epoch"]
-    assert 1 <= checkpointed < 6
+    assert 1 <= checkpointed < 4
     handed_back = stack.job(job["id"])
     assert handed_back["status"] == "queued", (handed_back, first.text()[-3000:])
     assert handed_back["error"] is None and handed_back["attempts"] == 0
@@ -192,7 +192,7 @@ def test_stopped_worker_hands_its_job_back_and_the_next_resumes_it(
     assert done["attempts"] == 1  # the handed-back attempt does not count towards max_attempts
     assert done["resumed_from_epoch"] == checkpointed
     metrics = stack.client.get(f"/v1/models/{done['model_id']}/artifacts/metrics.json").json()
-    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4]
 
 
 def test_job_delivered_twice_at_once_trains_once(stack_factory, redis_server, postgres_databases):
