@@ -50,7 +50,10 @@ def run_scene_job(
                 if record is None:
                     raise FileNotFoundError(f"model '{scene.model_id}' no longer exists")
                 served = load_served_model(
-                    record.id, model_dir(settings.data_dir, record.id), record.sha256
+                    record.id,
+                    model_dir(settings.data_dir, record.id),
+                    record.sha256,
+                    fold_batch_norm=settings.fold_batch_norm,
                 )
                 classify_scene(
                     served.predict,

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from anyband.artifacts import MODEL_FILE, read_card, verify_sha256
+from anyband.folding import fold_batch_norms
 from anyband.inference import ModelInput
 from anyband.saving import load_model
 
@@ -26,18 +27,25 @@ class ServedModel:
     classes: list[str]
     tile_size: tuple[int, int]
     function: Callable = field(repr=False)
-    keras_model: object = field(repr=False)
+    keras_model: object = field(repr=False)  # the model `function` calls (folded, by default)
+    folded_batch_norms: int = 0
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """float32 (N, H, W, channels), already `prepare`d -> (N, classes) probabilities."""
         return self.function(tf.convert_to_tensor(tiles, dtype=tf.float32)).numpy()
 
 
-def load_served_model(model_id: str, folder: Path, sha256: str) -> ServedModel:
-    """Load a worker-written model: only if model.keras still hashes to its record, safe mode."""
+def load_served_model(
+    model_id: str, folder: Path, sha256: str, *, fold_batch_norm: bool = True
+) -> ServedModel:
+    """Load a worker-written model: only if model.keras still hashes to its record, safe mode.
+    `fold_batch_norm`: serve a copy with BatchNormalizations folded into their convolutions
+    (anyband.folding); the model as saved otherwise."""
     path = verify_sha256(Path(folder) / MODEL_FILE, sha256)
     card = read_card(folder)
-    model = load_model(path)
+    model, folded = load_model(path), 0
+    if fold_batch_norm:
+        model, folded = fold_batch_norms(model)
     channels = model.input_shape[-1]
     # One trace for every batch size and tile size: no retracing per request.
     function = tf.function(
@@ -52,6 +60,7 @@ def load_served_model(model_id: str, folder: Path, sha256: str) -> ServedModel:
         tile_size=tuple(card["tile_size"]),
         function=function,
         keras_model=model,
+        folded_batch_norms=folded,
     )
 
 

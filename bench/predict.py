@@ -6,17 +6,21 @@
 
 One run makes a model the way the service does (a 13-band 64x64 dataset uploaded through the
 app, a job with weights "none" and one epoch run by `run_training_job`), starts `anyband api` on
-that data folder, loads the same model in this process with `load_served_model`, and measures:
+that data folder, and loads the same model in this process twice with `load_served_model`: as
+the API serves it (`fold_batch_norm`, on by default) and as saved (`fold_batch_norm=False`). The
+raw baseline is the latter: the plain Keras model in a compiled function (and its own
+`keras_model.predict`). It measures:
 
-1. one tile per `POST /v1/models/{id}/predict`, sequential: p50 and p99 latency, against
-   `ServedModel.predict` on the same prepared tile (batch 1), the two alternating call by call;
+1. one tile per `POST /v1/models/{id}/predict`, sequential: p50 and p99 latency, against the raw
+   compiled model on the same prepared tile (batch 1), the two alternating call by call;
 2. `--clients` concurrent clients sending one tile per request (`bench/loadgen.py`: a separate
    process, keep-alive connections, requests encoded before the clock starts, as `wrk` would):
-   tiles/s, against `ServedModel.predict` in batches of `predict_max_batch` and
-   `keras_model.predict` on the same tiles, whichever is faster; also against
-   `ServedModel.predict` in batches of `--clients`, the largest batch one-tile clients can make;
-   then the same clients and tiles sent 8 to a request;
-3. `classify_scene` on a tiled 13-band uint16 GeoTIFF: pixels/s against `ServedModel.predict` on
+   tiles/s, against the raw compiled model in batches of `predict_max_batch` and
+   `keras_model.predict` on the same tiles, whichever is faster; also against the raw model in
+   batches of `--clients` (the largest batch one-tile clients can make) and against the served
+   function without HTTP at `predict_max_batch` (the serving overhead alone); then the same
+   clients and tiles sent 8 to a request;
+3. `classify_scene` on a tiled 13-band uint16 GeoTIFF: pixels/s against the raw compiled model on
    the same windows cut and prepared beforehand, in batches of 64; then the scene task's peak RSS,
    in its own process, for two square scenes, one as wide as the larger and as tall as the smaller
    and one the other way round (it maps a scene in chunks of columns, so its buffers should grow
@@ -237,7 +241,8 @@ def check_answer(response: httpx.Response, what: str) -> None:
 
 
 def measure_single(server: Server, model: dict, served: ServedModel, uploads, prepared, n: int):
-    """Sequential requests and raw batch-1 calls, alternating, so both meet the same machine."""
+    """Sequential requests and raw batch-1 calls (`served`: the raw model), alternating, so
+    both meet the same machine."""
     url = f"/v1/models/{model['id']}/predict"
     http_ms, raw_ms = [], []
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
@@ -329,8 +334,9 @@ def _rate(tiles: int, seconds: float, cpu_seconds: float) -> dict:
     }
 
 
-def measure_concurrent(server, model, served, uploads, prepared, args, max_batch: int) -> dict:
-    """Rounds of: raw ServedModel.predict, raw keras predict, the server; medians reported."""
+def measure_concurrent(server, model, served, raw, uploads, prepared, args, max_batch: int) -> dict:
+    """Rounds of: the raw model compiled and its keras predict (the baselines), the served
+    function without HTTP, the server; medians reported."""
     sent = [
         (c * args.per_client + j) % len(uploads)
         for c in range(args.clients)
@@ -340,9 +346,10 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
     rounds, worst = [], 0.0
     for i in range(1, args.rounds + 1):
         row = {
-            "served_predict": raw_batched(served, tiles, max_batch),
-            "keras_predict": raw_keras(served, tiles, max_batch),
-            "served_predict_clients": raw_batched(served, tiles, args.clients),
+            "raw_function": raw_batched(raw, tiles, max_batch),
+            "keras_predict": raw_keras(raw, tiles, max_batch),
+            "raw_function_clients": raw_batched(raw, tiles, args.clients),
+            "served_function": raw_batched(served, tiles, max_batch),
             "http": concurrent_http(server, model, uploads, args.clients, args.per_client),
             "http_grouped": concurrent_http(
                 server,
@@ -355,7 +362,7 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
         }
         for path, per_request in (("http", 1), ("http_grouped", TILES_PER_REQUEST)):
             answers = row[path].pop("answers")
-            worst = max(worst, _answers_differ(answers, served, prepared, per_request))
+            worst = max(worst, _answers_differ(answers, raw, prepared, per_request))
         rounds.append(row)
         rates = " / ".join(f"{path} {row[path]['tiles_per_second']:.1f}" for path in row)
         load = os.getloadavg()[0]
@@ -363,7 +370,7 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
     medians = {
         path: statistics.median(r[path]["tiles_per_second"] for r in rounds) for path in rounds[0]
     }
-    baseline = max(("served_predict", "keras_predict"), key=medians.get)
+    baseline = max(("raw_function", "keras_predict"), key=medians.get)
     return {
         "clients": args.clients,
         "requests_per_client": args.per_client,
@@ -376,7 +383,9 @@ def measure_concurrent(server, model, served, uploads, prepared, args, max_batch
             r["http"]["tiles_per_second"] / r[baseline]["tiles_per_second"] for r in rounds
         ],
         "ratio": medians["http"] / medians[baseline],
-        "ratio_at_clients_batch": medians["http"] / medians["served_predict_clients"],
+        "ratio_at_clients_batch": medians["http"] / medians["raw_function_clients"],
+        # HTTP against anyband's own function at the same batch: the serving overhead alone.
+        "ratio_to_served_function": medians["http"] / medians["served_function"],
         "tiles_per_request_grouped": TILES_PER_REQUEST,
         "ratio_grouped": medians["http_grouped"] / medians[baseline],
         "max_abs_probability_difference": worst,
@@ -498,17 +507,21 @@ def run_classify(served: ServedModel, scene: Path, output: Path) -> tuple[float,
     return time.perf_counter() - start, predict, prepared
 
 
-def measure_scene(served: ServedModel, scene: Path, output: Path, size: int, rounds: int) -> dict:
-    """Rounds of the raw path and classify_scene, in alternating order (raw first in odd rounds,
-    classify_scene first in even ones) so that a drift in the machine's load hits both; medians."""
-    windows, origins = cut_windows(scene, served)
-    served.predict(windows[:SCENE_BATCH])
+def measure_scene(
+    served: ServedModel, raw_model: ServedModel, scene: Path, output: Path, size: int, rounds: int
+) -> dict:
+    """Rounds of the raw path (`raw_model` on pre-cut windows) and classify_scene (`served`), in
+    alternating order (raw first in odd rounds, classify_scene first in even ones) so that a
+    drift in the machine's load hits both; medians."""
+    windows, origins = cut_windows(scene, raw_model)
+    raw_model.predict(windows[:SCENE_BATCH])
     raw = np.empty((len(windows), len(served.classes)), dtype=np.float32)
 
     def raw_path() -> dict:
         start = time.perf_counter()
         for first in range(0, len(windows), SCENE_BATCH):
-            raw[first : first + SCENE_BATCH] = served.predict(windows[first : first + SCENE_BATCH])
+            batch = windows[first : first + SCENE_BATCH]
+            raw[first : first + SCENE_BATCH] = raw_model.predict(batch)
         return {"raw_seconds": time.perf_counter() - start}
 
     def classify_path() -> dict:
@@ -864,7 +877,7 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
     )
     rows = []
     for name, key in (
-        ("raw ServedModel.predict, batch 1", "raw"),
+        ("raw Keras model, compiled, batch 1", "raw"),
         ("HTTP POST /v1/models/{id}/predict", "http"),
     ):
         rows.append([name, *((single[key][f"{s}_ms"], ".1f") for s in ("p50", "p99", "mean"))])
@@ -882,9 +895,10 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
     base = c["median_tiles_per_second"][c["baseline"]]
     rows = []
     for name, key in (
-        (f"raw ServedModel.predict, batch {c['raw_batch']}", "served_predict"),
+        (f"raw Keras model, compiled, batch {c['raw_batch']}", "raw_function"),
         (f"raw keras_model.predict, batch_size {c['raw_batch']}", "keras_predict"),
-        (f"raw ServedModel.predict, batch {c['clients']}", "served_predict_clients"),
+        (f"raw Keras model, compiled, batch {c['clients']}", "raw_function_clients"),
+        (f"ServedModel.predict (served, no HTTP), batch {c['raw_batch']}", "served_function"),
         ("HTTP, one tile per request", "http"),
         (f"HTTP, {c['tiles_per_request_grouped']} tiles per request", "http_grouped"),
     ):
@@ -900,7 +914,10 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
         f"ratio: median tiles/s over the baseline's, {c['baseline']} (the faster batch-"
         f"{c['raw_batch']} raw path); each round's, HTTP: {_ratios(c['round_ratios'])}\n"
         f"over raw batch {c['clients']} (the largest batch {c['clients']} one-tile clients can "
-        f"form): {c['ratio_at_clients_batch']:.3f}\nCPU ms/tile (last round): the server "
+        f"form): {c['ratio_at_clients_batch']:.3f}; over the served function at batch "
+        f"{c['raw_batch']} (the serving overhead alone): {c['ratio_to_served_function']:.3f}\n"
+        f"raw: the Keras model as saved, in the compiled function anyband serves with; served: "
+        f"what the API serves (fold_batch_norm)\nCPU ms/tile (last round): the server "
         f"process's CPU time over the tiles, plus the clients' (bench/loadgen.py, a separate\n"
         f"process on the same cores); raw: this process's. Largest probability difference, "
         f"HTTP answers vs raw: {c['max_abs_probability_difference']:.1e}"
@@ -913,7 +930,7 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
     )
     rows = [
         [
-            "raw ServedModel.predict, pre-cut windows",
+            "raw Keras model, compiled, pre-cut windows",
             (s["raw_seconds"], ".2f"),
             (s["raw_pixels_per_second"] / 1e6, ".3f"),
             (1.0, ".3f"),
@@ -981,7 +998,8 @@ def report(setup, single, concurrent, scene, memory, breakdown) -> dict:
         f"{c['clients']} clients, tiles/s over raw {c['baseline']}: {c['ratio']:.2f} "
         f"(target >= {TARGET_CONCURRENT_RATIO}: {_met(met['concurrent_ratio'])}); over raw "
         f"batch {c['clients']}: {c['ratio_at_clients_batch']:.2f}; with "
-        f"{c['tiles_per_request_grouped']} tiles per request: {c['ratio_grouped']:.2f}"
+        f"{c['tiles_per_request_grouped']} tiles per request: {c['ratio_grouped']:.2f}; "
+        f"over the served function: {c['ratio_to_served_function']:.2f}"
     )
     print(
         f"classify_scene, pixels/s over raw predict: {s['ratio']:.2f} "
@@ -1024,7 +1042,7 @@ def _print_breakdown(breakdown: dict, single: dict) -> None:
         )
         print(
             f"{b['http_tiles_per_second']:.1f} tiles/s in {b['model_calls']} model calls: mean "
-            f"batch {b['mean_batch']:.1f}, median {b['median_batch']}; raw ServedModel.predict "
+            f"batch {b['mean_batch']:.1f}, median {b['median_batch']}; ServedModel.predict "
             f"at batch {b['median_batch']}: {b['raw_tiles_per_second_at_median_batch']:.1f} "
             f"tiles/s\nbatch sizes (size: calls): {b['batch_size_histogram']}"
         )
@@ -1072,14 +1090,19 @@ def run(args: argparse.Namespace) -> None:
             flush=True,
         )
         folder = model_dir(settings.data_dir, model["id"])
-        served = load_served_model(model["id"], folder, model["sha256"])
+        # As the API serves it (BatchNormalizations folded, by default), and the raw baseline:
+        # the plain Keras model as saved, in the same compiled function.
+        served = load_served_model(
+            model["id"], folder, model["sha256"], fold_batch_norm=settings.fold_batch_norm
+        )
+        raw = load_served_model(model["id"], folder, model["sha256"], fold_batch_norm=False)
         tiles = request_tiles()
         uploads = [tile_bytes(tile, nodata=NODATA) for tile in tiles]
         prepared = [prepare(tile, served.model_input, NODATA) for tile in tiles]
 
         breakdown: dict = {}
         with Server(settings, root / "server.log") as server:
-            single = measure_single(server, model, served, uploads, prepared, args.requests)
+            single = measure_single(server, model, raw, uploads, prepared, args.requests)
             print(
                 f"one tile: p50 raw {single['raw']['p50_ms']:.1f} ms, HTTP "
                 f"{single['http']['p50_ms']:.1f} ms",
@@ -1087,7 +1110,7 @@ def run(args: argparse.Namespace) -> None:
             )
             max_batch = settings.predict_max_batch
             concurrent = measure_concurrent(
-                server, model, served, uploads, prepared, args, max_batch
+                server, model, served, raw, uploads, prepared, args, max_batch
             )
             if args.breakdown:
                 breakdown["single"] = breakdown_single(
@@ -1109,6 +1132,7 @@ def run(args: argparse.Namespace) -> None:
         os.sync()  # so writing back fresh pages does not run during the timed reads
         scene = measure_scene(
             served,
+            raw,
             scenes[(args.scene_size,) * 2],
             root / "classes.tif",
             args.scene_size,
@@ -1124,7 +1148,8 @@ def run(args: argparse.Namespace) -> None:
             "serving settings": f"predict_max_batch {settings.predict_max_batch}, "
             f"predict_batch_wait_ms {settings.predict_batch_wait_ms:g}, "
             f"predict_batch_hold_ms {settings.predict_batch_hold_ms:g}, "
-            f"predict_batch_concurrency {settings.predict_batch_concurrency}",
+            f"predict_batch_concurrency {settings.predict_batch_concurrency}, "
+            f"fold_batch_norm {settings.fold_batch_norm} ({served.folded_batch_norms} folded)",
             "request tiles": f"{len(uploads)} distinct uint16 GeoTIFFs, deflate, "
             f"{np.mean([len(u) for u in uploads]) / 1024:.0f} KB each",
             "TF": f"{tf.__version__} on {', '.join(d.name for d in tf.config.list_logical_devices())}",

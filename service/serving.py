@@ -34,8 +34,11 @@ class Serving:
 
     async def model(self, record: Model) -> ServedModel:
         folder = model_dir(self.settings.data_dir, record.id)
+        fold = self.settings.fold_batch_norm
         return await run_in_threadpool(
-            self.cache.get, record.id, lambda: load_served_model(record.id, folder, record.sha256)
+            self.cache.get,
+            record.id,
+            lambda: load_served_model(record.id, folder, record.sha256, fold_batch_norm=fold),
         )
 
     def batcher(self, served: ServedModel) -> MicroBatcher:
