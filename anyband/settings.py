@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # Serving: trained models kept loaded (LRU), and micro-batching of concurrent predictions.
     model_cache_size: int = Field(default=4, ge=1)
     # Serve (predict and scenes) a copy of each model with its BatchNormalizations folded into
-    # the convolutions before them: the same answers to float32 rounding, about 10-20% faster
+    # the convolutions before them: the same answers to float32 rounding, about 8-16% faster
     # on a CPU (bench/README.md). False serves the model as saved.
     fold_batch_norm: bool = True
     predict_max_batch: int = Field(default=32, ge=1)
