@@ -105,6 +105,11 @@ class ModelCache:
                 self._models.move_to_end(model_id)
             return served
 
+    def discard(self, model_id: str) -> None:
+        """Forget a model (deleted): the next request for it loads it again, or finds it gone."""
+        with self._lock:
+            self._models.pop(model_id, None)
+
     def __contains__(self, model_id: str) -> bool:
         with self._lock:
             return model_id in self._models

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.concurrency import run_in_threadpool
 
+from anyband.artifacts import MODEL_FILE
 from anyband.batching import MicroBatcher
 from anyband.paths import model_dir
 from anyband.serving import MemoryBudget, ModelCache, ServedModel, load_served_model
@@ -29,8 +30,21 @@ class Serving:
 
     def loaded(self, model_id: str) -> ServedModel | None:
         """A model already in the cache: models never change once published, so a loaded one
-        is served without asking the database again."""
-        return self.cache.peek(model_id)
+        is served without asking the database again, as long as its file is still there (a
+        model deleted through another API process is forgotten here too)."""
+        served = self.cache.peek(model_id)
+        if (
+            served is not None
+            and not (model_dir(self.settings.data_dir, model_id) / MODEL_FILE).exists()
+        ):
+            self.forget(model_id)
+            return None
+        return served
+
+    def forget(self, model_id: str) -> None:
+        """Stop serving a deleted model: out of the cache; its batcher, if any, answers what it
+        holds and closes when the next batcher is asked for."""
+        self.cache.discard(model_id)
 
     async def model(self, record: Model) -> ServedModel:
         folder = model_dir(self.settings.data_dir, record.id)

@@ -1,14 +1,17 @@
-"""Trained models: list, show, and download their artifacts."""
+"""Trained models: list, show, download their artifacts, delete."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import shutil
+
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
+from sqlalchemy import select
 
 from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, verify_sha256
 from anyband.errors import ModelFileMismatchError
 from anyband.paths import model_dir
-from anyband.store import Model
+from anyband.store import JOB_ACTIVE, Model, Scene
 from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import ModelPublic, ModelsPublic
@@ -53,6 +56,29 @@ def get_artifact(model_id: str, name: str, session: SessionDep, settings: Settin
         except ModelFileMismatchError as exc:
             raise Problem(409, f"model '{model_id}': {exc}") from exc
     return FileResponse(path, media_type=ARTIFACT_MEDIA_TYPES[name], filename=f"{model_id}-{name}")
+
+
+@router.delete("/{model_id}", status_code=204, operation_id="delete_model")
+def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep):
+    """The model's record and its folder (model.keras and every artifact). Scenes already
+    mapped with it are kept; its job's record stays, naming a model that no longer exists."""
+    get_or_404(session, model_id)
+    active = session.scalars(
+        select(Scene.id).where(Scene.model_id == model_id, Scene.status.in_(JOB_ACTIVE))
+    ).all()
+    if active:
+        raise Problem(
+            409,
+            f"model '{model_id}' is mapping {len(active)} queued or running scene(s) "
+            f"({', '.join(active)}); cancel them (POST /v1/scenes/{{id}}/cancel) or wait for "
+            "them to finish",
+        )
+    session.delete(session.get(Model, model_id))
+    session.commit()
+    # This API stops serving it now; another API process notices its file is gone.
+    request.app.state.serving.forget(model_id)
+    shutil.rmtree(model_dir(settings.data_dir, model_id), ignore_errors=True)
+    return Response(status_code=204)
 
 
 def get_or_404(session, model_id: str) -> Model:

@@ -313,6 +313,46 @@ def test_model_file_changed_since_training_is_refused_for_tiles_and_scenes(
         assert client.get("/healthz").status_code == 200
 
 
+def test_a_deleted_model_is_gone_with_its_files_and_no_api_process_serves_it_again(
+    trained, tmp_path
+):
+    settings, model, _ = trained
+    copy = Settings(data_dir=tmp_path / "data", api_keys="", model_cache_size=1)
+    shutil.copytree(settings.data_dir, copy.data_dir)
+    folder = copy.data_dir / "models" / model["id"]
+    url = f"/v1/models/{model['id']}"
+    tiles = tile_upload({"a.tif": good_tile()})
+    scene = {"file": ("scene.tif", tile_bytes(good_tile()), "image/tiff")}
+    # Two API processes on one data folder, as behind a load balancer; both have it loaded.
+    with (
+        TestClient(create_app(copy), raise_server_exceptions=False) as one,
+        TestClient(create_app(copy), raise_server_exceptions=False) as other,
+    ):
+        assert one.post(f"{url}/predict", files=tiles).status_code == 200
+        assert other.post(f"{url}/predict", files=tiles).status_code == 200
+        queued = one.post(f"{url}/scenes", files=scene).json()
+        # A queued scene would fail without its model: refused, nothing removed.
+        response = one.delete(url)
+        assert_problem(response, 409, "mapping 1 queued or running scene(s)", queued["id"])
+        assert (folder / "model.keras").is_file()
+        assert one.post(f"{url}/predict", files=tiles).status_code == 200
+
+        assert one.post(f"/v1/scenes/{queued['id']}/cancel").status_code == 202
+        assert one.delete(url).status_code == 204
+
+        assert not folder.exists()
+        assert_problem(one.get(url), 404, f"no model with id '{model['id']}'")
+        assert model["id"] not in [m["id"] for m in one.get("/v1/models").json()["data"]]
+        for api in (one, other):  # the other process had it in memory: it does not serve it
+            assert_problem(api.post(f"{url}/predict", files=tiles), 404, "no model with id")
+            assert_problem(api.post(f"{url}/scenes", files=scene), 404, "no model with id")
+        assert_problem(one.delete(url), 404, "no model with id")
+        # The scene it mapped (here: cancelled) and the job that trained it are kept.
+        assert one.get(f"/v1/scenes/{queued['id']}").json()["status"] == "cancelled"
+        assert one.get(f"/v1/jobs/{model['job_id']}").json()["model_id"] == model["id"]
+        assert one.get("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_32_concurrent_requests_are_batched_and_each_gets_its_own_answer(trained, concurrency):
     settings, model, _ = trained
