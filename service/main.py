@@ -6,6 +6,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from anyband.settings import Settings, get_settings
 from anyband.store import init_db
@@ -32,7 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.serving.close()
         app.state.sessions.kw["bind"].dispose()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from here, not from a CDN: GPU machines are
+    # often offline (the assets under /static-offline-docs, Swagger UI 5: OpenAPI 3.1).
+    app = FastAPIOffline(
         title="anyband",
         version="0.1.0",
         summary="Fine-tune ImageNet ResNet50 on satellite imagery with any number of bands.",
