@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anyband.settings import Settings
-from anyband.store import JOB_STATUSES
+from anyband.store import JOB_ACTIVE, JOB_STATUSES
 from service.problems import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="one of ANYBAND_API_KEYS")
@@ -53,6 +53,23 @@ def newest_first(session: Session, table, offset: int, limit: int, **equal) -> t
     rows = session.scalars(query.order_by(table.created_at.desc()).offset(offset).limit(limit))
     count = session.scalar(select(func.count()).select_from(query.subquery()))
     return rows.all(), count
+
+
+def in_use_by(session: Session, table, what: str, **equal) -> None:
+    """409 naming them if queued or running rows of `table` (jobs, scenes) match `equal`: what
+    they use must not be deleted under them. `what`: the thing being deleted, for the message."""
+    query = select(table.id).where(table.status.in_(JOB_ACTIVE))
+    for column, value in equal.items():
+        query = query.where(getattr(table, column) == value)
+    active = session.scalars(query).all()
+    if active:
+        kind = table.__tablename__[:-1]  # job, scene
+        raise Problem(
+            409,
+            f"{what} is in use by {len(active)} queued or running {kind}(s) "
+            f"({', '.join(active)}); cancel them (POST /v1/{table.__tablename__}/{{id}}/cancel) "
+            "or wait for them to finish",
+        )
 
 
 async def require_api_key(

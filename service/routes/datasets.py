@@ -7,13 +7,20 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from anyband.datasets import DatasetLimits, ingest_dataset_zip
 from anyband.errors import InvalidDatasetError, InvalidRasterError
 from anyband.paths import dataset_dir
-from anyband.store import DATASET_READY, JOB_ACTIVE, Dataset, Job, new_id
-from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
+from anyband.store import DATASET_READY, Dataset, Job, new_id
+from service.deps import (
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    in_use_by,
+    newest_first,
+    require_api_key,
+)
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import DatasetPublic, DatasetsPublic
 from service.uploads import multipart_body, receive_multipart
@@ -93,15 +100,7 @@ def get_dataset(dataset_id: str, session: SessionDep):
 @router.delete("/{dataset_id}", status_code=204, operation_id="delete_dataset")
 def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep):
     dataset = _get_or_404(session, dataset_id)
-    active = session.scalars(
-        select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(JOB_ACTIVE))
-    ).all()
-    if active:
-        raise Problem(
-            409,
-            f"dataset '{dataset_id}' is in use by {len(active)} queued or running job(s) "
-            f"({', '.join(active)}); cancel them or wait for them to finish",
-        )
+    in_use_by(session, Job, f"dataset '{dataset_id}'", dataset_id=dataset_id)
     session.delete(dataset)
     session.commit()
     shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)

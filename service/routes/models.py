@@ -6,13 +6,20 @@ import shutil
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
 from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, verify_sha256
 from anyband.errors import ModelFileMismatchError
 from anyband.paths import model_dir
-from anyband.store import JOB_ACTIVE, Model, Scene
-from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
+from anyband.store import Model, Scene
+from service.deps import (
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    in_use_by,
+    newest_first,
+    require_api_key,
+)
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import ModelPublic, ModelsPublic
 
@@ -62,18 +69,9 @@ def get_artifact(model_id: str, name: str, session: SessionDep, settings: Settin
 def delete_model(model_id: str, request: Request, session: SessionDep, settings: SettingsDep):
     """The model's record and its folder (model.keras and every artifact). Scenes already
     mapped with it are kept; its job's record stays, naming a model that no longer exists."""
-    get_or_404(session, model_id)
-    active = session.scalars(
-        select(Scene.id).where(Scene.model_id == model_id, Scene.status.in_(JOB_ACTIVE))
-    ).all()
-    if active:
-        raise Problem(
-            409,
-            f"model '{model_id}' is mapping {len(active)} queued or running scene(s) "
-            f"({', '.join(active)}); cancel them (POST /v1/scenes/{{id}}/cancel) or wait for "
-            "them to finish",
-        )
-    session.delete(session.get(Model, model_id))
+    model = get_or_404(session, model_id)
+    in_use_by(session, Scene, f"model '{model_id}'", model_id=model_id)
+    session.delete(model)
     session.commit()
     # This API stops serving it now; another API process notices its file is gone.
     request.app.state.serving.forget(model_id)

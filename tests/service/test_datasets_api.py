@@ -103,6 +103,22 @@ def test_delete_removes_the_record_and_its_files(client, inputs, data_dir):
     assert_problem(client.get(f"/v1/datasets/{dataset_id}"), 404, dataset_id)
 
 
+def test_a_dataset_a_queued_job_trains_on_is_not_deleted_under_it(client, inputs, data_dir):
+    zip_path = write_dataset_zip(inputs / "d.zip", {"a": random_tiles(5), "b": random_tiles(5)})
+    dataset_id = upload(client, zip_path).json()["id"]
+    job = client.post("/v1/jobs", json={"dataset_id": dataset_id, "weights": "none"})
+    assert job.status_code == 202, job.text
+    job = job.json()
+
+    response = client.delete(f"/v1/datasets/{dataset_id}")
+
+    assert_problem(response, 409, "in use by 1 queued or running job(s)", job["id"], "/cancel")
+    assert (data_dir / "datasets" / dataset_id / "tiles.npy").is_file()
+    assert client.get(f"/v1/datasets/{dataset_id}").status_code == 200
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+
+
 def good(n=2, shape=(32, 32, 3), dtype="uint16", seed=0):
     return [tile_bytes(a) for a in random_tiles(n, shape=shape, dtype=dtype, seed=seed)]
 

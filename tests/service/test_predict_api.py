@@ -333,7 +333,7 @@ def test_a_deleted_model_is_gone_with_its_files_and_no_api_process_serves_it_aga
         queued = one.post(f"{url}/scenes", files=scene).json()
         # A queued scene would fail without its model: refused, nothing removed.
         response = one.delete(url)
-        assert_problem(response, 409, "mapping 1 queued or running scene(s)", queued["id"])
+        assert_problem(response, 409, "in use by 1 queued or running scene(s)", queued["id"])
         assert (folder / "model.keras").is_file()
         assert one.post(f"{url}/predict", files=tiles).status_code == 200
 
