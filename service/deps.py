@@ -55,13 +55,14 @@ def newest_first(session: Session, table, offset: int, limit: int, **equal) -> t
     return rows.all(), count
 
 
-def in_use_by(session: Session, table, what: str, **equal) -> None:
-    """409 naming them if queued or running rows of `table` (jobs, scenes) match `equal`: what
-    they use must not be deleted under them. `what`: the thing being deleted, for the message."""
-    query = select(table.id).where(table.status.in_(JOB_ACTIVE))
+def in_use_by(session: Session, table, what: str, matches=None, **equal) -> None:
+    """409 naming them if queued or running rows of `table` (jobs, scenes) match `equal` (and
+    `matches(row)`, if given): what they use must not be deleted under them. `what`: the thing
+    being deleted, for the message."""
+    query = select(table).where(table.status.in_(JOB_ACTIVE))
     for column, value in equal.items():
         query = query.where(getattr(table, column) == value)
-    active = session.scalars(query).all()
+    active = [row.id for row in session.scalars(query) if matches is None or matches(row)]
     if active:
         kind = table.__tablename__[:-1]  # job, scene
         raise Problem(

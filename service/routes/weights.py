@@ -1,18 +1,18 @@
-"""Weights: upload a user's 3-band ResNet50 weights (checked by loading them), list them."""
+"""Weights: upload a user's 3-band ResNet50 weights (checked by loading them), list, delete."""
 
 from __future__ import annotations
 
 import shutil
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
 from anyband.errors import InvalidWeightsError
 from anyband.paths import weights_path
 from anyband.pretrained import WEIGHTS_SUFFIXES, check_resnet50_weights
-from anyband.store import WeightsFile, new_id
-from service.deps import SessionDep, SettingsDep, require_api_key
+from anyband.store import Job, WeightsFile, new_id
+from service.deps import SessionDep, SettingsDep, in_use_by, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import WeightsListPublic, WeightsPublic
 from service.uploads import multipart_body, receive_multipart
@@ -80,3 +80,21 @@ def list_weights(session: SessionDep):
     rows = session.scalars(select(WeightsFile).order_by(WeightsFile.created_at.desc())).all()
     count = session.scalar(select(func.count()).select_from(WeightsFile))
     return WeightsListPublic(data=rows, count=count)
+
+
+@router.delete("/{weights_id}", status_code=204, operation_id="delete_weights")
+def delete_weights(weights_id: str, session: SessionDep, settings: SettingsDep):
+    """The record and its file. Models trained from them keep what they learned."""
+    record = session.get(WeightsFile, weights_id)
+    if record is None:
+        raise Problem(404, f"no weights with id '{weights_id}'")
+
+    def uses(job: Job) -> bool:
+        return job.spec.get("weights") == weights_id
+
+    in_use_by(session, Job, f"weights '{weights_id}'", matches=uses)
+    folder = weights_path(settings.data_dir, weights_id, record.filename).parent
+    session.delete(record)
+    session.commit()
+    shutil.rmtree(folder, ignore_errors=True)
+    return Response(status_code=204)

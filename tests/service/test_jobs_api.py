@@ -119,6 +119,52 @@ def test_uploaded_weights_id_is_accepted(client, dataset, tmp_path, pretrained_w
     assert response.json()["spec"]["weights"] == weights["id"]
 
 
+def test_uploaded_weights_in_use_are_not_deleted_then_are_and_their_id_is_unknown(
+    client, dataset, tmp_path, pretrained_weights, data_dir
+):
+    from tests.resnet_weights import write_keras_notop_h5
+
+    path = write_keras_notop_h5(tmp_path / "mine_notop.h5", pretrained_weights)
+    with open(path, "rb") as handle:
+        weights = client.post("/v1/weights", files={"file": (path.name, handle)}).json()
+    spec = {"dataset_id": dataset["id"], "weights": weights["id"]}
+    job = client.post("/v1/jobs", json=spec).json()
+    stored = data_dir / "weights" / weights["id"] / "weights.h5"
+
+    response = client.delete(f"/v1/weights/{weights['id']}")
+
+    assert_problem(response, 409, "in use by 1 queued or running job(s)", job["id"])
+    assert stored.is_file()
+    # Another queued job (other weights) does not hold these.
+    client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": "none"})
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert client.delete(f"/v1/weights/{weights['id']}").status_code == 204
+    assert not stored.parent.exists()
+    assert client.get("/v1/weights").json() == {"data": [], "count": 0}
+    assert_problem(client.post("/v1/jobs", json=spec), 422, "weights")
+    assert_problem(client.delete(f"/v1/weights/{weights['id']}"), 404, "no weights with id")
+
+
+def test_a_finished_job_is_deleted_with_its_leftover_checkpoints(client, dataset, data_dir):
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": "none"}).json()
+    url = f"/v1/jobs/{job['id']}"
+
+    assert_problem(client.delete(url), 409, "is queued", f"POST {url}/cancel")
+    assert client.post(f"{url}/cancel").status_code == 202
+    # What a failed job leaves: its checkpoints (a cancelled one's are removed by its worker).
+    checkpoints = data_dir / "jobs" / job["id"]
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint.weights.h5").write_bytes(b"\0" * 1024)
+
+    assert client.delete(url).status_code == 204
+
+    assert not checkpoints.exists()
+    assert_problem(client.get(url), 404, f"no job with id '{job['id']}'")
+    assert client.get("/v1/jobs").json()["count"] == 0
+    assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
+    assert_problem(client.delete(url), 404, "no job with id")
+
+
 def test_idempotency_key_returns_the_first_job_and_refuses_another_spec(client, dataset, data_dir):
     spec = {"dataset_id": dataset["id"], "epochs": 3, "freeze_epochs": 1}
     headers = {"Idempotency-Key": "upload-42-try"}
