@@ -113,13 +113,18 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """A cold shutdown (SIGQUIT); `wait`: until it exits, at most 20 s, then SIGKILL."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGQUIT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if wait:
+            self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 @dataclass
@@ -172,8 +177,10 @@ class Stack:
         return self.wait(job_id, lambda job: job["status"] in TERMINAL, seconds)
 
     def close(self) -> None:
+        for worker in self.workers:  # all at once: each takes seconds to shut down
+            worker.stop(wait=False)
         for worker in self.workers:
-            worker.stop()
+            worker.wait_stopped()
         self.client.__exit__(None, None, None)
 
 
