@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     api.set_defaults(run=_api)
 
     worker = commands.add_parser(
-        "worker", help="run a training worker (Celery; extra arguments go to celery worker)"
+        "worker",
+        help="run a worker: training jobs and scenes (Celery; extra arguments go to celery worker)",
     )
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)
     worker.set_defaults(run=_worker)
