@@ -671,7 +671,7 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
     from starlette.requests import Request
 
     from anyband.batching import MicroBatcher
-    from anyband.inference import check_raster
+    from anyband.inference import check_raster, prepare_tile
     from anyband.rasters import read_tile
     from service.schemas import PredictionsPublic
     from service.uploads import receive_multipart
@@ -711,7 +711,7 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
                 "read", read_tile, uploaded.source, max_bytes=settings.max_tile_bytes
             )
             timed("check", check_raster, info, served.model_input, uploaded.filename)
-            tile = timed("prepare", prepare, pixels, served.model_input, info.nodata)
+            tile, valid = timed("prepare", prepare_tile, pixels, served.model_input, info.nodata)
             upload.remove()
             timed("raw", served.predict, tile[np.newaxis])
             start = time.perf_counter()
@@ -724,6 +724,7 @@ def breakdown_single(server, model, served, uploads, settings: Settings, root: P
                         "filename": uploaded.filename,
                         "label": served.classes[int(np.argmax(probabilities))],
                         "probabilities": dict(zip(served.classes, probabilities, strict=True)),
+                        "valid_fraction": valid,
                     }
                 ],
             }
