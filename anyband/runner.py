@@ -131,7 +131,7 @@ def run_training_job(
                     )
                     return hand_back(sessions, job_id, worker_id, resumes)
                 log.info("job %s: stopped (cancelled or taken over)", job_id)
-                _discard_checkpoints_if_cancelled(sessions, settings, job_id)
+                _discard_checkpoints_if_dropped(sessions, settings, job_id)
                 return _status(sessions, job_id)
             except Exception as exc:
                 log_failure(log, "job", job_id, exc)
@@ -142,7 +142,7 @@ def run_training_job(
             log.info("job %s succeeded: model %s", job_id, model.id)
         else:  # cancelled between the last epoch and now: publish nothing
             shutil.rmtree(model_dir(settings.data_dir, model.id), ignore_errors=True)
-            _discard_checkpoints_if_cancelled(sessions, settings, job_id)
+            _discard_checkpoints_if_dropped(sessions, settings, job_id)
         return _status(sessions, job_id)
     finally:
         sessions.kw["bind"].dispose()
@@ -258,8 +258,10 @@ def _publish(job_id: str, spec: JobSpec, result, sessions, settings: Settings) -
     )
 
 
-def _discard_checkpoints_if_cancelled(sessions, settings: Settings, job_id: str) -> None:
-    if _status(sessions, job_id) == "cancelled":
+def _discard_checkpoints_if_dropped(sessions, settings: Settings, job_id: str) -> None:
+    """Cancelled, or cancelled and deleted while this worker still trained (DELETE removed
+    the folder, and the epoch that ended meanwhile wrote it again): nothing will resume."""
+    if _status(sessions, job_id) in ("cancelled", "missing"):
         shutil.rmtree(job_dir(settings.data_dir, job_id), ignore_errors=True)
 
 

@@ -4,6 +4,8 @@ cancel, the queue message, and what is refused. (Training itself: tests/worker.)
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -296,3 +298,39 @@ def test_a_body_that_is_not_json_is_a_422_on_the_body(client):
     )
     problem = assert_problem(response, 422, "body: not valid JSON", "at character 1")
     assert problem["errors"][0]["field"] == "body"  # before: "0", the character offset
+
+
+def test_a_job_cancelled_and_deleted_while_its_worker_trains_leaves_no_checkpoints(
+    make_client, tmp_path
+):
+    """DELETE may follow a cancel before the worker notices it (at its next epoch's lease
+    renewal); the checkpoint that epoch writes must not outlive the job."""
+    from anyband.runner import run_training_job
+
+    client = make_client()
+    zip_path = write_dataset_zip(
+        tmp_path / "d.zip", separable_classes(per_class=50, shape=(32, 32, 3))
+    )
+    dataset = upload(client, zip_path).json()
+    # Epochs of a few seconds: the cancel and the DELETE land inside one, before its checkpoint.
+    spec = {"dataset_id": dataset["id"], "weights": "none", "epochs": 30, "batch_size": 4}
+    job = client.post("/v1/jobs", json=spec).json()
+    settings = client.app.state.settings
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(status=run_training_job(job["id"], settings, "test-runner"))
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job['id']}").json()["progress"]["epoch"] < 1:
+            assert time.monotonic() < deadline and worker.is_alive(), "no epoch ended in 120 s"
+            time.sleep(0.2)
+        checkpoints = settings.data_dir / "jobs" / job["id"]
+        assert checkpoints.is_dir()
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        assert client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    finally:
+        worker.join(timeout=120)
+    assert not worker.is_alive() and result["status"] == "missing"
+    assert not checkpoints.exists()
