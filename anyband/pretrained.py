@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -150,12 +151,27 @@ def _read_resnet50_weights(path: Path, name: str) -> LayerWeights:
                 "like this; download it again"
             ) from exc
     try:
-        reference.load_weights(path)
+        # Keras warns once per layer it skips in a file of another model (a hundred lines in
+        # the API's log for one upload); what matters is whether it loads, said just below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            reference.load_weights(path)
     except Exception as exc:  # Keras raises several types for a file of another model
         raise InvalidWeightsError(
-            f"weights file {name!r} is not a 3-band ResNet50 (include_top=False) weights file: {exc}"
+            f"weights file {name!r} is not a 3-band ResNet50 weights file: {_why_not(exc)}"
         ) from exc
     return {layer.name: layer.get_weights() for layer in reference.layers if layer.weights}
+
+
+def _why_not(exc: Exception, limit: int = 300) -> str:
+    """Keras' reason, short: its shape mismatch names the variable and prints all its values."""
+    text = str(exc)
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    if shapes:
+        where = re.search(r"path=([\w/.-]+)", text)
+        variable = where.group(1) if where else "a variable"
+        return f"{variable} has shape {shapes.group(2)} in the file, expected {shapes.group(1)}"
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _check_legacy_layout(path: Path, reference: keras.Model, name: str) -> None:

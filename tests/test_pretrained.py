@@ -122,6 +122,38 @@ def test_keras3_file_of_a_six_band_resnet_is_refused(tmp_path, six_band_weights)
         build_classifier(4, 2, weights=str(path))
 
 
+def test_keras3_file_of_a_six_band_resnet_says_which_shape_in_one_line(tmp_path, six_band_weights):
+    path = write_keras3_weights(tmp_path / "six.weights.h5", six_band_weights, channels=6)
+    with pytest.raises(InvalidWeightsError) as error:
+        check_resnet50_weights(path, "six.weights.h5")
+    message = str(error.value)
+    assert message == (
+        "weights file 'six.weights.h5' is not a 3-band ResNet50 weights file: conv1_conv/kernel "
+        "has shape (7, 7, 6, 64) in the file, expected (7, 7, 3, 64)"
+    )  # before: 10 KB, with every value of the kernel
+
+
+def test_another_models_keras3_file_is_refused_briefly_and_quietly(tmp_path):
+    import warnings
+
+    import keras
+
+    path = tmp_path / "mobilenet.weights.h5"
+    keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(96, 96, 3)
+    ).save_weights(path)
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        pytest.raises(InvalidWeightsError) as error,
+    ):
+        warnings.simplefilter("always")
+        check_resnet50_weights(path, path.name)
+    assert "'mobilenet.weights.h5' is not a 3-band ResNet50" in str(error.value)
+    assert "could not be loaded" in str(error.value) and len(str(error.value)) < 500
+    # Before: about 100 UserWarnings in the API's log, one per layer Keras skipped.
+    assert [w for w in caught if issubclass(w.category, UserWarning)] == []
+
+
 def test_notop_file_missing_layers_is_refused(tmp_path, pretrained_weights):
     partial = dict(list(pretrained_weights.items())[:10])
     path = write_keras_notop_h5(tmp_path / "partial.h5", partial)
