@@ -57,13 +57,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError):
-        errors = [_field_error(e) for e in exc.errors()]
+    async def _validation(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type", "")
+        errors = [_field_error(e, content_type) for e in exc.errors()]
         problems = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         return problem_response(422, f"the request is invalid: {problems}", errors)
 
 
-def _field_error(error: dict) -> dict:
+def _field_error(error: dict, content_type: str = "") -> dict:
+    whole_body = tuple(error["loc"]) == ("body",)
+    if whole_body and error["type"] == "model_attributes_type" and "json" not in content_type:
+        # curl -d without -H 'Content-Type: application/json' sends a form; FastAPI then
+        # reports only that the body is not an object.
+        sent = content_type.split(";")[0] or "no Content-Type"
+        return {
+            "field": "body",
+            "message": f"expected a JSON object with Content-Type: application/json, "
+            f"received {sent}",
+        }
+    if whole_body and error["type"] == "model_attributes_type":
+        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(error.get("input")), "a number")
+        return {"field": "body", "message": f"expected a JSON object, received {kind}"}
     if error["type"] == "json_invalid":  # its loc is ("body", character offset), not a field
         reason = (error.get("ctx") or {}).get("error", error["msg"])
         at = error["loc"][-1] if isinstance(error["loc"][-1], int) else "?"

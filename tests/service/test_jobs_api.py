@@ -334,3 +334,22 @@ def test_a_job_cancelled_and_deleted_while_its_worker_trains_leaves_no_checkpoin
         worker.join(timeout=120)
     assert not worker.is_alive() and result["status"] == "missing"
     assert not checkpoints.exists()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "needle"),
+    [
+        (  # curl -d without -H 'Content-Type: application/json'
+            "application/x-www-form-urlencoded",
+            b'{"dataset_id": "x"}',
+            "expected a JSON object with Content-Type: application/json, received "
+            "application/x-www-form-urlencoded",
+        ),
+        ("application/json", b'["x"]', "expected a JSON object, received an array"),
+        ("application/json", b'"x"', "expected a JSON object, received a string"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_says_what_to_send(client, content_type, body, needle):
+    response = client.post("/v1/jobs", content=body, headers={"Content-Type": content_type})
+    problem = assert_problem(response, 422, f"body: {needle}")
+    assert problem["errors"] == [{"field": "body", "message": needle}]
