@@ -202,9 +202,10 @@ def _check_head(head: bytes, name: str) -> None:
         return
     if not head:
         raise InvalidRasterError(f"{name!r} is not a GeoTIFF: the file is empty")
-    shown = head.decode("ascii", "backslashreplace")
+    # Printable ASCII as it is, any other byte as \xNN: one escape per byte, text or binary.
+    shown = "".join(chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in head)
     raise InvalidRasterError(
-        f"{name!r} is not a GeoTIFF: it starts with {shown!r}, not a TIFF signature "
+        f"{name!r} is not a GeoTIFF: it starts with '{shown}', not a TIFF signature "
         f"(II*\\0, MM\\0*, II+\\0 or MM\\0+)"
     )
 

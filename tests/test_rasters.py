@@ -201,6 +201,13 @@ def test_bytes_are_read_like_the_file_they_came_from(tmp_path):
     assert from_bytes[1] == from_file[1]
 
 
+def test_a_binary_file_is_shown_with_one_escape_per_byte():
+    with pytest.raises(InvalidRasterError) as error:
+        read_tile(b"\xbcc\xbdy\x04PK\x00\x00rest", max_bytes=BUDGET, name="r.tif")
+    # Before: '\\xbcc\\xbdy\x04...': non-ASCII bytes escaped twice, control bytes once.
+    assert "it starts with '\\xbcc\\xbdy\\x04PK\\x00\\x00rest', not a TIFF" in str(error.value)
+
+
 def test_bytes_get_every_check_a_file_gets(tmp_path):
     secret = write_tile(tmp_path / "secret.tif", random_tiles(1, dtype="uint16")[0])
     with pytest.raises(
