@@ -182,10 +182,12 @@ def _serve(args: argparse.Namespace) -> int:
         if worker.poll() is None:
             # Cold shutdown: a warm one would wait for a training that may take hours. The worker
             # hands its job back after the current batch; the next worker resumes it from its
-            # last checkpoint.
+            # last checkpoint. The first batch of a phase builds TensorFlow's graph (10-20 s on
+            # a CPU) and cannot be cut short: killed then, the job would wait out its lease and
+            # lose an attempt. 60 s, as docker-compose.yml's stop_grace_period.
             worker.send_signal(signal.SIGQUIT)
             try:
-                worker.wait(timeout=20)
+                worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 worker.kill()
     return 0
