@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -17,6 +18,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -203,5 +205,24 @@ def make_engine(url: str) -> Engine:
 def init_db(url: str) -> sessionmaker:
     """Create the schema if missing and return a session factory."""
     engine = make_engine(url)
-    Base.metadata.create_all(engine)
+    create_schema(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine, attempts: int = 10) -> None:
+    """The tables that are missing. Processes that start together on a new database race here
+    (`anyband serve`: the API and its worker): both find a table missing, one creates it, and
+    the other's CREATE fails with "already exists" (PostgreSQL: a duplicate key in its
+    catalog; SQLite may also answer "database is locked" to the second writer at once). The
+    worker then ran without its heartbeat and reconciler. Trying again settles it: the next
+    check sees the tables the other process made."""
+    for attempt in range(1, attempts + 1):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DatabaseError as exc:  # OperationalError, ProgrammingError, IntegrityError
+            reason = str(exc.orig).lower()
+            racing = ("already exists", "duplicate", "database is locked")
+            if attempt == attempts or not any(words in reason for words in racing):
+                raise
+            time.sleep(0.05 * attempt)

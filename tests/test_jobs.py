@@ -694,3 +694,27 @@ def test_live_workers_leave_out_a_worker_not_seen_within_the_window(sessions):
 
     assert live == ["fresh"]
     assert sorted(everyone) == ["fresh", "silent"]
+
+
+def test_processes_starting_together_on_a_new_database_all_get_its_schema(tmp_path):
+    """`anyband serve` starts the API and its worker at once on a new SQLite file: both create
+    the tables. The loser's CREATE failed ("table ... already exists", or "database is
+    locked"), and the worker then ran with no heartbeat and no reconciler."""
+
+    def start(url: str, together: threading.Barrier, errors: list) -> None:
+        together.wait()
+        try:
+            sessions = init_db(url)
+            with sessions() as session:
+                session.execute(select(Job)).all()
+        except Exception as exc:
+            errors.append(exc)
+
+    for trial in range(5):
+        url, together, errors = f"sqlite:///{tmp_path / f'new{trial}.db'}", threading.Barrier(6), []
+        threads = [threading.Thread(target=start, args=(url, together, errors)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
