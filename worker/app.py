@@ -55,11 +55,16 @@ class Housekeeper(threading.Thread):
         super().__init__(name="anyband-housekeeper", daemon=True)
         self.period = period
         self.stopped = threading.Event()
-        self.sessions = init_db(settings.sqlalchemy_url)
+        # Opened in run(), not here: a database that is down (or busy) when the worker starts
+        # is retried every period, instead of leaving the worker with no heartbeat and no
+        # reconciler for good (Celery logs a failing worker_ready handler and runs on).
+        self.sessions = None
 
     def run(self) -> None:
         while True:
             try:
+                if self.sessions is None:
+                    self.sessions = init_db(settings.sqlalchemy_url)
                 jobs.beat_worker(
                     self.sessions,
                     WORKER_ID,
