@@ -357,7 +357,8 @@ def _ingest(
                     stats = _RunningStats(info.count)
                 else:
                     for shared in _TRAITS:
-                        if shared[1](info) != shared[1](first):
+                        trait = shared[1]
+                        if trait(info) != trait(first):
                             raise _odd_ones_out(archive, zip_size, tiles, staging, limits, shared)
                 if info.nodata is not None and math.isfinite(info.nodata):
                     if nodata is not None and info.nodata != nodata:
@@ -472,9 +473,9 @@ def _odd_ones_out(
     limits: DatasetLimits,
     shared: tuple,
 ) -> InvalidDatasetError:
-    """The refusal of tiles that do not all share a trait (one of _TRAITS), naming the tiles that differ from
-    most, not whichever came first (one odd tile that sorts first would blame all the others).
-    Reads every tile's header again, within the same limits."""
+    """The refusal of tiles that do not all share a trait (one of _TRAITS), naming the tiles
+    that differ from most, not whichever came first (one odd tile that sorts first would blame
+    all the others). Reads every tile's header again, within the same limits."""
     what, trait, show = shared
     seen: dict = {}
     scratch, inflated = staging / "header.tif", 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -71,6 +73,25 @@ def in_use_by(session: Session, table, what: str, matches=None, **equal) -> None
             f"({', '.join(active)}); cancel them (POST /v1/{table.__tablename__}/{{id}}/cancel) "
             "or wait for them to finish",
         )
+
+
+def refuse_while_active(row, progress: str = "") -> None:
+    """409 if the job or scene `row` is queued or running: it is cancelled first."""
+    if row.status in JOB_ACTIVE:
+        kind, table = row.__tablename__[:-1], row.__tablename__
+        raise Problem(
+            409,
+            f"{kind} '{row.id}' is {row.status}{progress}; cancel it first: "
+            f"POST /v1/{table}/{row.id}/cancel",
+        )
+
+
+def remove(session: Session, row, folder: Path) -> Response:
+    """Every DELETE's end: the record, then its folder on disk; 204."""
+    session.delete(row)
+    session.commit()
+    shutil.rmtree(folder, ignore_errors=True)
+    return Response(status_code=204)
 
 
 async def require_api_key(

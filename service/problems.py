@@ -65,20 +65,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 
 def _field_error(error: dict, content_type: str = "") -> dict:
-    whole_body = tuple(error["loc"]) == ("body",)
-    if whole_body and error["type"] == "model_attributes_type" and "json" not in content_type:
-        # curl -d without -H 'Content-Type: application/json' sends a form; FastAPI then
-        # reports only that the body is not an object.
-        sent = content_type.split(";")[0] or "no Content-Type"
-        return {
-            "field": "body",
-            "message": f"expected a JSON object with Content-Type: application/json, "
-            f"received {sent}",
-        }
-    if whole_body and error["type"] == "model_attributes_type":
-        kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-        kind = kinds.get(type(error.get("input")), "a number")
-        return {"field": "body", "message": f"expected a JSON object, received {kind}"}
+    if tuple(error["loc"]) == ("body",) and error["type"] == "model_attributes_type":
+        if "json" not in content_type:
+            # curl -d without -H 'Content-Type: application/json' sends a form; FastAPI then
+            # reports only that the body is not an object.
+            sent = content_type.split(";")[0] or "no Content-Type"
+            received = f" with Content-Type: application/json, received {sent}"
+        else:
+            kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+            received = f", received {kinds.get(type(error.get('input')), 'a number')}"
+        return {"field": "body", "message": f"expected a JSON object{received}"}
     if error["type"] == "json_invalid":  # its loc is ("body", character offset), not a field
         reason = (error.get("ctx") or {}).get("error", error["msg"])
         at = error["loc"][-1] if isinstance(error["loc"][-1], int) else "?"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from anyband.datasets import DatasetLimits, ingest_dataset_zip
@@ -19,6 +19,7 @@ from service.deps import (
     SettingsDep,
     in_use_by,
     newest_first,
+    remove,
     require_api_key,
 )
 from service.problems import PROBLEM_RESPONSES, Problem
@@ -101,10 +102,7 @@ def get_dataset(dataset_id: str, session: SessionDep):
 def delete_dataset(dataset_id: str, session: SessionDep, settings: SettingsDep):
     dataset = _get_or_404(session, dataset_id)
     in_use_by(session, Job, f"dataset '{dataset_id}'", dataset_id=dataset_id)
-    session.delete(dataset)
-    session.commit()
-    shutil.rmtree(dataset_dir(settings.data_dir, dataset_id), ignore_errors=True)
-    return Response(status_code=204)
+    return remove(session, dataset, dataset_dir(settings.data_dir, dataset_id))
 
 
 def _get_or_404(session, dataset_id: str) -> Dataset:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -12,9 +11,18 @@ from anyband.errors import IdempotencyConflict, InvalidJobSpecError
 from anyband.jobspec import JobSpec, resolve_spec
 from anyband.paths import job_dir
 from anyband.queues import TRAIN_TASK
-from anyband.store import JOB_ACTIVE, Dataset, Job, WeightsFile
+from anyband.store import Dataset, Job, WeightsFile
 from service.broker import enqueue
-from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
+from service.deps import (
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    newest_first,
+    refuse_while_active,
+    remove,
+    require_api_key,
+)
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import JobPublic, JobsPublic
 
@@ -100,15 +108,8 @@ def delete_job(job_id: str, session: SessionDep, settings: SettingsDep):
     """A finished, failed or cancelled job's record and what is left of its checkpoints (a
     failed job keeps them). The model it trained is kept: DELETE /v1/models/{id} removes it."""
     job = get_or_404(session, job_id)
-    if job.status in JOB_ACTIVE:
-        raise Problem(
-            409,
-            f"job '{job_id}' is {job.status}; cancel it first: POST /v1/jobs/{job_id}/cancel",
-        )
-    session.delete(job)
-    session.commit()
-    shutil.rmtree(job_dir(settings.data_dir, job_id), ignore_errors=True)
-    return Response(status_code=204)
+    refuse_while_active(job)
+    return remove(session, job, job_dir(settings.data_dir, job_id))
 
 
 def get_or_404(session, job_id: str) -> Job:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 
 from anyband.artifacts import ARTIFACT_MEDIA_TYPES, ARTIFACT_NAMES, MODEL_FILE, verify_sha256
@@ -18,6 +16,7 @@ from service.deps import (
     SettingsDep,
     in_use_by,
     newest_first,
+    remove,
     require_api_key,
 )
 from service.problems import PROBLEM_RESPONSES, Problem
@@ -71,12 +70,10 @@ def delete_model(model_id: str, request: Request, session: SessionDep, settings:
     mapped with it are kept; its job's record stays, naming a model that no longer exists."""
     model = get_or_404(session, model_id)
     in_use_by(session, Scene, f"model '{model_id}'", model_id=model_id)
-    session.delete(model)
-    session.commit()
+    removed = remove(session, model, model_dir(settings.data_dir, model_id))
     # This API stops serving it now; another API process notices its file is gone.
     request.app.state.serving.forget(model_id)
-    shutil.rmtree(model_dir(settings.data_dir, model_id), ignore_errors=True)
-    return Response(status_code=204)
+    return removed
 
 
 def get_or_404(session, model_id: str) -> Model:

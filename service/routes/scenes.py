@@ -17,9 +17,18 @@ from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
 from anyband.scenes import check_scene, window_count
-from anyband.store import JOB_ACTIVE, JOB_SUCCEEDED, Scene, new_id
+from anyband.store import JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
-from service.deps import Limit, Offset, SessionDep, SettingsDep, newest_first, require_api_key
+from service.deps import (
+    Limit,
+    Offset,
+    SessionDep,
+    SettingsDep,
+    newest_first,
+    refuse_while_active,
+    remove,
+    require_api_key,
+)
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.routes.models import get_or_404 as get_model_or_404
 from service.schemas import ScenePublic, ScenesPublic
@@ -137,16 +146,8 @@ def cancel_scene(scene_id: str, session: SessionDep):
 def delete_scene(scene_id: str, session: SessionDep, settings: SettingsDep):
     """The scene's record, its upload and its class map."""
     scene = _get_or_404(session, scene_id)
-    if scene.status in JOB_ACTIVE:
-        raise Problem(
-            409,
-            f"scene '{scene_id}' is {scene.status} ({scene.windows_done} of "
-            f"{scene.windows_total} windows); cancel it first: POST /v1/scenes/{scene_id}/cancel",
-        )
-    session.delete(scene)
-    session.commit()
-    shutil.rmtree(scene_dir(settings.data_dir, scene_id), ignore_errors=True)
-    return Response(status_code=204)
+    refuse_while_active(scene, f" ({scene.windows_done} of {scene.windows_total} windows)")
+    return remove(session, scene, scene_dir(settings.data_dir, scene_id))
 
 
 @router.get(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
@@ -12,7 +12,7 @@ from anyband.errors import InvalidWeightsError
 from anyband.paths import weights_path
 from anyband.pretrained import WEIGHTS_SUFFIXES, check_resnet50_weights
 from anyband.store import Job, WeightsFile, new_id
-from service.deps import SessionDep, SettingsDep, in_use_by, require_api_key
+from service.deps import SessionDep, SettingsDep, in_use_by, remove, require_api_key
 from service.problems import PROBLEM_RESPONSES, Problem
 from service.schemas import WeightsListPublic, WeightsPublic
 from service.uploads import multipart_body, receive_multipart
@@ -93,8 +93,6 @@ def delete_weights(weights_id: str, session: SessionDep, settings: SettingsDep):
         return job.spec.get("weights") == weights_id
 
     in_use_by(session, Job, f"weights '{weights_id}'", matches=uses)
-    folder = weights_path(settings.data_dir, weights_id, record.filename).parent
-    session.delete(record)
-    session.commit()
-    shutil.rmtree(folder, ignore_errors=True)
-    return Response(status_code=204)
+    return remove(
+        session, record, weights_path(settings.data_dir, weights_id, record.filename).parent
+    )
