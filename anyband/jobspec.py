@@ -22,6 +22,7 @@ from anyband.store import DATASET_READY, Dataset
 
 InitStrategy = Literal["random", "repeat", "mean", "rgb", "per_band"]
 assert set(InitStrategy.__args__) == set(INIT_STRATEGIES)
+DEFAULT_RGB_BANDS = [1, 2, 3]
 
 
 class JobSpec(BaseModel):
@@ -36,7 +37,10 @@ class JobSpec(BaseModel):
     channels: int | None = Field(default=None, ge=1, description="the model's input band count")
     init_strategy: InitStrategy = "repeat"
     rgb_bands: list[int] = Field(
-        default=[1, 2, 3], min_length=3, max_length=3, description="for rgb: R, G, B positions"
+        default=DEFAULT_RGB_BANDS,
+        min_length=3,
+        max_length=3,
+        description="for rgb: R, G, B positions",
     )
     initializer: str | None = Field(default=None, max_length=64)
     weights: str = Field(default="imagenet", description="imagenet, none or a weights id")
@@ -125,17 +129,33 @@ def resolve_spec(
                 f"rgb_bands must be 3 distinct positions within 1..{channels} (the model's "
                 f"bands). Received: rgb_bands={spec.rgb_bands}",
             )
-    if spec.initializer is not None:
-        try:
-            resolve_initializer(spec.initializer, spec.init_strategy, spec.seed)
-        except ValueError as exc:
-            error("initializer", str(exc))
-    if spec.init_strategy == "per_band" and spec.initializer is not None:
+    elif spec.rgb_bands != DEFAULT_RGB_BANDS:
+        # A setting the strategy would ignore is refused: the user meant something else.
         error(
-            "initializer",
-            "per_band shares the pretrained conv1 across bands and takes no initializer. "
-            f"Received: initializer={spec.initializer!r}",
+            "rgb_bands",
+            f"rgb_bands is read only by init_strategy 'rgb'; {spec.init_strategy} would ignore "
+            f"it. Drop rgb_bands or set init_strategy to 'rgb'. Received: "
+            f"rgb_bands={spec.rgb_bands}, init_strategy={spec.init_strategy!r}",
         )
+    if spec.initializer is not None:
+        if spec.init_strategy == "per_band":
+            error(
+                "initializer",
+                "per_band shares the pretrained conv1 across bands and takes no initializer. "
+                f"Received: initializer={spec.initializer!r}",
+            )
+        elif spec.init_strategy in ("repeat", "mean") and spec.weights != "none":
+            error(
+                "initializer",
+                f"{spec.init_strategy} builds conv1 from the pretrained kernel alone and takes "
+                "no initializer (random and rgb take one, and so do repeat and mean with "
+                f"weights 'none'). Received: initializer={spec.initializer!r}",
+            )
+        else:
+            try:
+                resolve_initializer(spec.initializer, spec.init_strategy, spec.seed)
+            except ValueError as exc:
+                error("initializer", str(exc))
     if spec.weights not in ("imagenet", "none") and not weights_exists(spec.weights):
         error(
             "weights",

@@ -182,6 +182,32 @@ def test_per_band_takes_no_initializer(dataset):
     assert "'he_normal'" in error["message"]
 
 
+@pytest.mark.parametrize("strategy", ["random", "repeat", "mean", "per_band"])
+def test_rgb_bands_with_another_strategy_are_refused_not_ignored(dataset, strategy):
+    error = the_error(dataset, init_strategy=strategy, rgb_bands=[3, 2, 1])
+
+    assert error["field"] == "rgb_bands"
+    assert "only by init_strategy 'rgb'" in error["message"]
+    assert f"init_strategy={strategy!r}" in error["message"]
+
+
+def test_the_default_rgb_bands_spelled_out_pass_with_any_strategy(dataset):
+    # A spec read back from GET /v1/jobs/{id} carries every default: it must resubmit as it is.
+    assert resolve(dataset, init_strategy="repeat", rgb_bands=[1, 2, 3]).rgb_bands == [1, 2, 3]
+
+
+@pytest.mark.parametrize("strategy", ["repeat", "mean"])
+def test_an_initializer_that_pretrained_repeat_or_mean_would_ignore_is_refused(dataset, strategy):
+    error = the_error(dataset, init_strategy=strategy, initializer="he_normal")
+
+    assert error["field"] == "initializer"
+    assert f"{strategy} builds conv1 from the pretrained kernel alone" in error["message"]
+    # Without pretrained weights conv1 is drawn from it, whatever the strategy.
+    assert resolve(
+        dataset, init_strategy=strategy, initializer="he_normal", weights="none"
+    ).initializer == ("he_normal")
+
+
 # ---------------------------------------------------------------- weights, dataset, val_fraction
 
 

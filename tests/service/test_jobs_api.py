@@ -65,6 +65,8 @@ def test_accepted_job_is_queued_with_defaults_and_one_message_for_a_worker(
         ({"initializer": "glorot_sideways"}, "initializer", "glorot_sideways"),
         ({"weights": "no-such-weights"}, "weights", "no-such-weights"),
         ({"init_strategy": "per_band", "initializer": "zeros"}, "initializer", "per_band"),
+        ({"init_strategy": "mean", "rgb_bands": [3, 2, 1]}, "rgb_bands", "only by init_strategy"),
+        ({"initializer": "he_normal"}, "initializer", "repeat builds conv1 from the pretrained"),
         ({"val_fraction": 0.05}, "val_fraction", "smallest class"),
     ],
 )
