@@ -91,7 +91,7 @@ def classification_metrics(y_true: object, y_pred: object, classes: list[str]) -
     }
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Readers see the old file or the whole new one, never half of it."""
     target = Path(path)
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -107,7 +107,7 @@ def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def write_history_csv(history: list[dict], path: str | os.PathLike) -> None:
@@ -121,7 +121,7 @@ def write_history_csv(history: list[dict], path: str | os.PathLike) -> None:
     for number, row in enumerate(history, start=1):
         values = {key: value for key, value in row.items() if value is not None}
         writer.writerow({**values, "epoch": row.get("epoch", number)})
-    _write_atomic(path, buffer.getvalue().encode("utf-8"))
+    write_atomic(path, buffer.getvalue().encode("utf-8"))
 
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
@@ -171,7 +171,7 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def sha256_file(path: str | os.PathLike) -> str:

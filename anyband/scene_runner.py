@@ -19,6 +19,7 @@ log = logging.getLogger("anyband.scenes")
 
 SCENE_INPUT = "input.tif"
 SCENE_RESULT = "result.tif"
+SCENE_PREVIEW = "preview.png"
 # A scene reports progress after every strip of every chunk (256 times for a 4096 px square);
 # the database hears of it at most this often, and always of the last window.
 PROGRESS_SECONDS = 1.0
@@ -55,7 +56,7 @@ def run_scene_job(
                     record.sha256,
                     fold_batch_norm=settings.fold_batch_norm,
                 )
-                classify_scene(
+                result = classify_scene(
                     served.predict,
                     folder / SCENE_INPUT,
                     folder / SCENE_RESULT,
@@ -71,6 +72,7 @@ def run_scene_job(
                     ),
                     should_stop=lambda: lease.lost.is_set() or interrupted(),
                 )
+                _draw_preview(result, folder / SCENE_PREVIEW, scene_id, scene.filename, record.id)
             except JobCancelled:
                 if interrupted() and not lease.lost.is_set():
                     return hand_back(
@@ -87,6 +89,18 @@ def run_scene_job(
         return _status(sessions, scene_id)
     finally:
         sessions.kw["bind"].dispose()
+
+
+def _draw_preview(result, path, scene_id: str, filename: str, model_id: str) -> None:
+    """The class map's quicklook. A picture that cannot be drawn costs the scene nothing: the
+    map is written, and the preview's route says it is missing."""
+    from anyband.quicklook import plot_class_map
+
+    try:
+        plot_class_map(result, path, title=f"{filename}: classes by model {model_id}")
+    except Exception:
+        log.warning("scene %s: the preview could not be drawn; the class map is kept", scene_id,
+                    exc_info=True)  # fmt: skip
 
 
 def at_most_every(

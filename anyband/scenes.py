@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
 import os
 import time
 import uuid
@@ -40,6 +41,13 @@ class SceneResult:
     classes: list[str]
     stride: tuple[int, int]  # (rows, columns)
     seconds: float
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None  # the input's, None when not georeferenced
+    class_pixels: dict[str, int] | None = None  # pixels of each class in the map
+    nodata_pixels: int = 0
+    # The class of every `preview_step`-th pixel in each direction (-1: nodata), for a quicklook.
+    preview: np.ndarray | None = None
+    preview_step: int = 1
 
 
 def check_scene(
@@ -74,6 +82,7 @@ def classify_scene(
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     name: str | None = None,
+    preview_side: int = 1024,
 ) -> SceneResult:
     """Write the class map of the scene at `input_path` to `output_path`.
 
@@ -91,7 +100,9 @@ def classify_scene(
     Output (float32, same size, CRS and transform, tiled, deflate): band 1 the class index, band
     1 + k the probability of `classes[k]`; -1 (the nodata value) in every band where any input
     band is nodata, NaN or infinite. It appears at `output_path` only once complete. `name` is
-    the input's name in messages.
+    the input's name in messages. Its tags `class_pixels` and `nodata_pixels` count the map's
+    pixels of each class and of nodata; the result returns them too, with a preview of the map
+    at most `preview_side` px on its longer side (the pixel nearest the centre of each cell).
 
     The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
     blocks, at least one, and no narrower than the input's blocks: a striped input, whose blocks
@@ -119,6 +130,10 @@ def classify_scene(
     strides = _check_stride(stride, tile_size)
     if chunk_width < 1:
         raise ValueError(f"chunk_width must be at least 1 px. Received: chunk_width={chunk_width}")
+    if preview_side < 1:
+        raise ValueError(
+            f"preview_side must be at least 1 px. Received: preview_side={preview_side}"
+        )
     (tile_h, tile_w), classes = tile_size, list(classes)
     name = Path(input_path).name if name is None else name
     output_path = Path(output_path)
@@ -140,6 +155,7 @@ def classify_scene(
             queue = _WindowQueue(predict, model_input, nodata, batch_size, len(classes))
             waiting: deque[tuple[_Chunk, int, np.ndarray]] = deque()  # read, not yet written
             writer = _BlockRowWriter(output, max(chunk.stop - chunk.start for chunk in chunks))
+            summary = _MapSummary(info.width, info.height, len(classes), preview_side)
             total, done = len(rows) * len(cols), 0
             for chunk, (j, top) in itertools.product(chunks, enumerate(rows)):
                 if should_stop is not None and should_stop():
@@ -155,18 +171,38 @@ def classify_scene(
                     ready, row, pixels = waiting.popleft()
                     if row == 0:
                         writer.begin(ready.start, ready.stop)
-                    writer.add(_class_rows(probs, ready.owner, pixels, nodata))
+                    class_rows = _class_rows(probs, ready.owner, pixels, nodata)
+                    writer.add(class_rows)
+                    summary.add(class_rows[0], row_bounds[row], ready.start)
                     if row == len(rows) - 1:
                         writer.flush()
                     done += ready.new_windows
                     if on_progress is not None:
                         on_progress(done, total)
+            class_pixels = dict(zip(classes, summary.counts[1:].tolist(), strict=True))
+            nodata_pixels = int(summary.counts[0])
+            output.update_tags(
+                class_pixels=json.dumps(class_pixels), nodata_pixels=str(nodata_pixels)
+            )
         os.replace(tmp_path, output_path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     seconds = time.perf_counter() - started
-    return SceneResult(info.width, info.height, total, classes, strides, seconds)
+    return SceneResult(
+        info.width,
+        info.height,
+        total,
+        classes,
+        strides,
+        seconds,
+        crs=info.crs,
+        transform=info.transform,
+        class_pixels=class_pixels,
+        nodata_pixels=nodata_pixels,
+        preview=summary.preview,
+        preview_step=summary.step,
+    )
 
 
 def _check_info(info: RasterInfo, model_input: ModelInput, tile_size: tuple[int, int], name: str):
@@ -286,6 +322,29 @@ def _class_rows(probs, owner, owned, nodata) -> np.ndarray:
     rows[1:] = probs.T[:, None, owner]
     rows[:, ~valid_pixels(owned, nodata)] = OUTPUT_NODATA
     return rows
+
+
+class _MapSummary:
+    """What a class map holds, gathered as its rows are written: the pixels of each class (index
+    0: nodata) and a preview, the class of the pixel nearest the centre of each `step` x `step`
+    cell, at most `side` px on its longer side. Both stay small whatever the scene's size."""
+
+    def __init__(self, width: int, height: int, classes: int, side: int):
+        self.step = max(1, math.ceil(max(width, height) / side))
+        self.rows = np.arange(self.step // 2, height, self.step)
+        self.cols = np.arange(self.step // 2, width, self.step)
+        self.preview = np.full((len(self.rows), len(self.cols)), -1, dtype=np.int16)
+        self.counts = np.zeros(1 + classes, dtype=np.int64)
+
+    def add(self, class_rows: np.ndarray, top: int, left: int) -> None:
+        """`class_rows` (-1: nodata) the map's pixels from row `top` and column `left` on."""
+        self.counts += np.bincount(
+            (class_rows + 1).astype(np.intp).ravel(), minlength=len(self.counts)
+        )
+        height, width = class_rows.shape
+        rows = slice(*np.searchsorted(self.rows, (top, top + height)))
+        cols = slice(*np.searchsorted(self.cols, (left, left + width)))
+        self.preview[rows, cols] = class_rows[np.ix_(self.rows[rows] - top, self.cols[cols] - left)]
 
 
 class _WindowQueue:

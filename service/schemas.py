@@ -164,6 +164,9 @@ class ScenePublic(BaseModel):
     progress: SceneProgress
     error: str | None
     result: str | None = Field(description="where to download the class map once succeeded")
+    preview: str | None = Field(
+        description="where to see the class map as a PNG, with each class's share, once succeeded"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -180,9 +183,10 @@ class ScenePublic(BaseModel):
                     "windows_total": total,
                     "fraction": data.windows_done / total if total else 0.0,
                 },
-                "result": f"/v1/scenes/{data.id}/result.tif"
-                if data.status == "succeeded"
-                else None,
+                **{
+                    link: f"/v1/scenes/{data.id}/{name}" if data.status == "succeeded" else None
+                    for link, name in (("result", "result.tif"), ("preview", "preview.png"))
+                },
             }
         return data
 

@@ -131,6 +131,32 @@ def test_class_map_keeps_the_grid_and_describes_its_bands(tmp_path):
     assert os.listdir(output.parent) == ["classes.tif"]  # no temporary file left beside it
 
 
+@pytest.mark.parametrize(("side", "step"), [(1024, 1), (64, 5), (7, 43)])
+def test_the_result_counts_each_class_and_previews_the_map(tmp_path, side, step):
+    array = two_part_scene()
+    array[:30, :50] = 0  # nodata
+    result, output, _ = classify(tmp_path, array, nodata=0, preview_side=side, chunk_width=64)
+
+    classes = read_output(output)[0]
+    counts = {name: int(np.count_nonzero(classes == k)) for k, name in enumerate(result.classes)}
+    assert result.class_pixels == counts
+    assert counts["left"] > 0 and counts["right"] > 0  # both halves were mapped
+    assert result.nodata_pixels == np.count_nonzero(classes == -1) == 30 * 50
+    assert result.preview_step == step
+    # The pixel nearest the centre of each step x step cell, from every chunk of columns.
+    np.testing.assert_array_equal(result.preview, classes[step // 2 :: step, step // 2 :: step])
+    assert max(result.preview.shape) <= side
+    with rasterio.open(output) as out:  # the file says the same
+        assert json.loads(out.tags()["class_pixels"]) == counts
+        assert int(out.tags()["nodata_pixels"]) == 30 * 50
+    assert (result.crs, result.transform) == ("EPSG:32633", tuple(DEFAULT_TRANSFORM)[:6])
+
+
+def test_a_preview_below_one_px_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="preview_side must be at least 1 px"):
+        classify(tmp_path, two_part_scene(48, 40), preview_side=0)
+
+
 def test_unreferenced_scene_gives_an_unreferenced_class_map(tmp_path):
     _, output, _ = classify(tmp_path, two_part_scene(48, 40), crs=None)
 

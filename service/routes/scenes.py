@@ -4,6 +4,7 @@ and its result GeoTIFF."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -15,7 +16,7 @@ from anyband.errors import InvalidRasterError, ModelFileMismatchError
 from anyband.inference import ModelInput
 from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
-from anyband.scene_runner import SCENE_INPUT, SCENE_RESULT
+from anyband.scene_runner import SCENE_INPUT, SCENE_PREVIEW, SCENE_RESULT
 from anyband.scenes import check_scene, window_count
 from anyband.store import JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
@@ -157,6 +158,33 @@ def delete_scene(scene_id: str, session: SessionDep, settings: SettingsDep):
     responses={200: {"content": {"image/tiff": {}}}},
 )
 def get_scene_result(scene_id: str, session: SessionDep, settings: SettingsDep):
+    path = _finished_file(session, settings, scene_id, SCENE_RESULT)
+    if not path.is_file():
+        raise Problem(404, f"the result of scene '{scene_id}' is missing from storage")
+    return FileResponse(path, media_type="image/tiff", filename=f"{scene_id}-classes.tif")
+
+
+@router.get(
+    "/v1/scenes/{scene_id}/preview.png",
+    operation_id="get_scene_preview",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_scene_preview(scene_id: str, session: SessionDep, settings: SettingsDep):
+    """The class map as a picture, at most 1024 px on its longer side: each class in its own
+    colour, in the scene's coordinates, with each class's share of the valid pixels."""
+    path = _finished_file(session, settings, scene_id, SCENE_PREVIEW)
+    if not path.is_file():
+        raise Problem(
+            404,
+            f"scene '{scene_id}' has no preview: it was mapped before previews were drawn, or "
+            f"drawing it failed (the worker's log says why); its class map is at "
+            f"/v1/scenes/{scene_id}/result.tif",
+        )
+    return FileResponse(path, media_type="image/png")
+
+
+def _finished_file(session, settings, scene_id: str, name: str) -> Path:
     scene = _get_or_404(session, scene_id)
     if scene.status != JOB_SUCCEEDED:
         done = (
@@ -165,10 +193,7 @@ def get_scene_result(scene_id: str, session: SessionDep, settings: SettingsDep):
             else ""
         )
         raise Problem(409, f"scene '{scene_id}' is {scene.status}{done}; no result yet")
-    path = scene_dir(settings.data_dir, scene_id) / SCENE_RESULT
-    if not path.is_file():
-        raise Problem(404, f"the result of scene '{scene_id}' is missing from storage")
-    return FileResponse(path, media_type="image/tiff", filename=f"{scene_id}-classes.tif")
+    return scene_dir(settings.data_dir, scene_id) / name
 
 
 def _stride(value: str | None, tile: int) -> int:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from anyband.inference import ModelInput, prepare
 from anyband.runner import run_training_job
 from anyband.saving import load_model
+from anyband.scene_runner import run_scene_job
 from anyband.settings import Settings
 from service.main import create_app
 from tests.service.conftest import assert_problem
@@ -447,3 +448,27 @@ def test_scenes_are_listed_cancelled_and_deleted_with_their_files(api, trained):
     assert (settings.data_dir / "scenes" / ids[1] / "input.tif").is_file()  # the other stays
     assert api.get(f"/v1/scenes/{ids[1]}").json()["status"] == "queued"
     assert api.get("/healthz").status_code == 200
+
+
+def test_a_mapped_scene_has_a_preview_and_says_so_when_it_is_missing(api, trained):
+    settings, model, _ = trained
+    response = api.post(
+        f"/v1/models/{model['id']}/scenes",
+        files={"file": ("field.tif", tile_bytes(good_tile(5)), "image/tiff")},
+    )
+    assert response.status_code == 202, response.text
+    scene_id = response.json()["id"]
+    assert response.json()["preview"] is None
+    assert_problem(api.get(f"/v1/scenes/{scene_id}/preview.png"), 409, "is queued")
+
+    # What a worker runs for the scene task, here in the test's process.
+    assert run_scene_job(scene_id, settings, "test-worker") == "succeeded"
+
+    scene = api.get(f"/v1/scenes/{scene_id}").json()
+    assert scene["preview"] == f"/v1/scenes/{scene_id}/preview.png"
+    preview = api.get(scene["preview"])
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert preview.content[:8] == b"\x89PNG\r\n\x1a\n"
+    (settings.data_dir / "scenes" / scene_id / "preview.png").unlink()
+    assert_problem(api.get(scene["preview"]), 404, "has no preview", f"{scene_id}/result.tif")
+    assert api.get(scene["result"]).status_code == 200  # the map itself is still there

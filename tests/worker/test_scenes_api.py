@@ -4,6 +4,7 @@ grid, agrees with the model on each window, and keeps nodata as nodata."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import time
@@ -75,6 +76,12 @@ def test_scene_class_map_keeps_the_grid_and_matches_the_model(stack_factory):
         assert output.descriptions[0] == "class"
         assert output.descriptions[1:] == tuple(f"p({c})" for c in model["classes"])
         bands = output.read()
+        class_pixels = json.loads(output.tags()["class_pixels"])
+    assert class_pixels == {c: int(np.sum(bands[0] == k)) for k, c in enumerate(model["classes"])}
+    assert sum(class_pixels.values()) == 96 * 64 - 5 * 7
+    preview = stack.client.get(done["preview"])  # the map as a picture, with each class's share
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert preview.content[:8] == b"\x89PNG\r\n\x1a\n"
 
     keras_model = load_model(stack.settings.data_dir / "models" / model["id"] / "model.keras")
     model_input = ModelInput(dataset_bands=4, bands=(1, 2, 3, 4),
