@@ -20,7 +20,8 @@ class ModelInput:
     bands: tuple[int, ...]
     band_mean: tuple[float, ...]
     nodata: float | None = None
-    dtype: str = "float32"  # the training dataset's pixel type, for messages
+    dtype: str = "float32"  # the training dataset's pixel type
+    band_std: tuple[float, ...] | None = None  # of the bands it uses, raw units
 
     @property
     def band_index(self) -> np.ndarray:
@@ -35,6 +36,9 @@ class ModelInput:
             band_mean=tuple(float(m) for m in card["band_stats"]["mean"]),
             nodata=card["dataset"].get("nodata"),
             dtype=card["dataset"].get("dtype", "float32"),
+            band_std=tuple(float(v) for v in card["band_stats"]["std"])
+            if "std" in card["band_stats"]
+            else None,
         )
 
 
@@ -112,6 +116,48 @@ def prepare_tile(
     means = np.asarray(model.band_mean, dtype=np.float32)
     np.copyto(out, np.broadcast_to(means, out.shape), where=invalid)
     return out, 1.0 - float(invalid.any(axis=-1).mean())
+
+
+# A tile whose band mean lies this many training standard deviations from the training mean is
+# not like anything the model was trained on. Real tiles stay well inside it: each of the 230
+# Landsat 8 cloud chips in ../shared/data, against the statistics of all of them, within 3.
+UNUSUAL_DEVIATIONS = 6.0
+
+
+def input_warnings(
+    prepared: np.ndarray, valid_fraction: float, dtype: str, model: ModelInput
+) -> list[str]:
+    """What about a tile (`prepare`d, with its valid fraction and its own pixel type) suggests
+    that its values are not in the training data's units: a pixel type other than the training
+    data's, or a band whose mean over the valid pixels lies more than UNUSUAL_DEVIATIONS
+    training standard deviations from the training mean. The values still reach the model as
+    they are; these say why its answer may mean little."""
+    found = []
+    if np.dtype(dtype) != np.dtype(model.dtype):
+        found.append(
+            f"the tile's pixel type is {dtype} and the training data's {model.dtype}: values "
+            f"reach the model as they are, so they must be in the training data's units"
+        )
+    if model.band_std is None or valid_fraction <= 0:
+        return found
+    means = np.asarray(model.band_mean, dtype=np.float64)
+    stds = np.asarray(model.band_std, dtype=np.float64)
+    # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
+    deviation = (prepared.mean(axis=(0, 1), dtype=np.float64) - means) / valid_fraction
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.abs(deviation) / stds
+    far = np.flatnonzero(distance > UNUSUAL_DEVIATIONS)
+    if far.size:
+        bands = ", ".join(
+            f"band {model.bands[i]} averages {means[i] + deviation[i]:.4g} against "
+            f"{means[i]:.4g} ± {stds[i]:.4g} ({distance[i]:.0f} std away)"
+            for i in far
+        )
+        found.append(
+            f"unlike the training data: {bands}. Are the tile's values in other units "
+            f"(reflectance against digital numbers, another scale factor or offset)?"
+        )
+    return found
 
 
 def valid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

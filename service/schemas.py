@@ -140,6 +140,12 @@ class Prediction(BaseModel):
         "(nodata, NaN) were set to the band mean, so a low value means the answer rests on "
         "little data, and 0 on none"
     )
+    warnings: list[str] = Field(
+        default=[],
+        description="what suggests the tile is not in the training data's units: a pixel type "
+        "other than the training data's, or a band whose mean lies more than 6 training "
+        "standard deviations from the training mean; the answer is given all the same",
+    )
 
 
 class PredictionsPublic(BaseModel):

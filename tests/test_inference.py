@@ -3,10 +3,19 @@ them, for every pixel type, nodata value, band selection and memory layout."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from anyband.inference import ModelInput, invalid_pixels, prepare, valid_pixels
+from anyband.inference import (
+    ModelInput,
+    input_warnings,
+    invalid_pixels,
+    prepare,
+    prepare_tile,
+    valid_pixels,
+)
 from anyband.rasters import nodata_as
 
 
@@ -80,3 +89,86 @@ def test_invalid_and_valid_pixels(dtype):
     np.testing.assert_array_equal(valid_pixels(pixels, 0), [[False, dtype != "float32"]])
     no_marker = invalid_pixels(pixels, None)
     assert no_marker.shape == pixels.shape and no_marker.sum() == (dtype == "float32")
+
+
+# ---------------------------------------------------------------- input_warnings
+
+LANDSAT_CHIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "landsat8-cloud-chips"
+
+
+def trained_on(mean=(1000.0, 2000.0), std=(100.0, 400.0), dtype="uint16") -> ModelInput:
+    bands = tuple(range(1, len(mean) + 1))
+    return ModelInput(len(mean), bands, tuple(mean), nodata=0, dtype=dtype, band_std=tuple(std))
+
+
+def like_training(model: ModelInput, rng, shape=(32, 32)) -> np.ndarray:
+    values = rng.normal(model.band_mean, model.band_std, size=(*shape, len(model.bands)))
+    return np.clip(values, 1, None).astype(model.dtype)
+
+
+def warnings_for(pixels: np.ndarray, model: ModelInput) -> list[str]:
+    prepared, valid = prepare_tile(pixels, model)
+    return input_warnings(prepared, valid, str(pixels.dtype), model)
+
+
+def test_a_tile_like_the_training_data_gets_no_warning():
+    model = trained_on()
+
+    assert warnings_for(like_training(model, np.random.default_rng(0)), model) == []
+
+
+def test_a_tile_in_other_units_and_another_pixel_type_is_flagged_with_its_bands():
+    model = trained_on()
+    reflectance = np.full((32, 32, 2), [1000.0, 2000.0], dtype="float32") * 1e-4
+
+    found = warnings_for(reflectance, model)
+
+    assert len(found) == 2, found
+    assert "pixel type is float32 and the training data's uint16" in found[0]
+    assert "band 1 averages 0.1 against 1000 ± 100 (10 std away)" in found[1]
+    assert "other units" in found[1]
+    assert "band 2" not in found[1]  # 0.2 against 2000 ± 400: 5 std, within the 6 allowed
+
+
+def test_the_same_units_in_another_pixel_type_only_name_the_type():
+    model = trained_on()
+
+    found = warnings_for(like_training(model, np.random.default_rng(2)).astype("float32"), model)
+
+    assert len(found) == 1 and "pixel type is float32" in found[0]
+
+
+def test_only_valid_pixels_count_towards_a_band_mean():
+    model = trained_on()
+    far = np.full((32, 32, 2), [1000 + 8 * 100, 2000], dtype="uint16")  # band 1: 8 std away
+    far[:, :16] = 0  # half nodata: set to the band means, they must not dilute the 8
+    near = far.copy()
+    near[:, 16:, 0] = 1000 + 4 * 100
+
+    found = warnings_for(far, model)
+
+    assert len(found) == 1 and "band 1 averages 1800 against 1000 ± 100 (8 std away)" in found[0]
+    assert "band 2" not in found[0]
+    assert warnings_for(near, model) == []
+    assert warnings_for(np.zeros((32, 32, 2), "uint16"), model) == []  # nothing valid to judge
+
+
+@pytest.mark.skipif(not LANDSAT_CHIPS.is_dir(), reason=f"{LANDSAT_CHIPS} is not on this machine")
+def test_no_real_landsat_chip_is_flagged_against_the_statistics_of_all_of_them():
+    import rasterio
+
+    chips = []
+    for path in sorted(LANDSAT_CHIPS.glob("*/*.tif")):
+        with rasterio.open(path) as dataset:
+            chips.append(np.moveaxis(dataset.read(), 0, -1))
+    stack = np.stack(chips).astype(np.float64)
+    model = ModelInput(4, (1, 2, 3, 4), tuple(stack.mean(axis=(0, 1, 2))), dtype="uint16",
+                       band_std=tuple(stack.std(axis=(0, 1, 2))))  # fmt: skip
+
+    assert len(chips) == 230
+    assert [warnings_for(chip, model) for chip in chips] == [[]] * 230
+    # The same chips as reflectance (Landsat Collection 2's scale and offset) average within 3
+    # std of these digital numbers (whose std is large): their pixel type is what tells.
+    reflectance = [(chip * 2.75e-5 - 0.2).astype("float32") for chip in chips[:5]]
+    found = [warnings_for(chip, model) for chip in reflectance]
+    assert all(len(w) == 1 and "pixel type is float32" in w[0] for w in found), found

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from anyband.artifacts import why_unusable
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
-from anyband.inference import ModelInput, check_raster, prepare_tile
+from anyband.inference import ModelInput, check_raster, input_warnings, prepare_tile
 from anyband.rasters import RasterInfo, declared_bytes, format_bytes, read_tile
 from anyband.serving import Reservation, ServedModel
 from anyband.settings import Settings
@@ -80,7 +80,7 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                 )
             finally:
                 upload.remove()
-            answers = [batcher.enqueue(tile[np.newaxis]) for tile, _ in tiles]
+            answers = [batcher.enqueue(tile[np.newaxis]) for tile, _, _ in tiles]
         probabilities = await asyncio.gather(*answers)
     return {
         "model_id": model_id,
@@ -90,8 +90,9 @@ async def predict(model_id: str, request: Request, settings: SettingsDep):
                 "label": served.classes[int(np.argmax(p[0]))],
                 "probabilities": dict(zip(served.classes, p[0].tolist(), strict=True)),
                 "valid_fraction": valid,
+                "warnings": warnings,
             }
-            for uploaded, (_, valid), p in zip(files, tiles, probabilities, strict=True)
+            for uploaded, (_, valid, warnings), p in zip(files, tiles, probabilities, strict=True)
         ],
     }
 
@@ -125,9 +126,10 @@ def _busy(held: Reservation, what: str, needed: int) -> Problem:
 
 def _read_tiles(
     files: list[UploadedFile], model_input: ModelInput, settings: Settings, held: Reservation
-) -> list[tuple[np.ndarray, float]]:
+) -> list[tuple[np.ndarray, float, list[str]]]:
     """Each tile checked as untrusted and against the model, then made ready for it, with the
-    share of its pixels that are valid. The
+    share of its pixels that are valid and what suggests it is not in the training data's
+    units. The
     request's pixels, as read and as the model's float32, must fit `max_predict_bytes` and, with
     every other request in flight, `max_predict_inflight_bytes` (`held`): both checked from each
     header before its pixels are decoded (a small body can declare huge tiles)."""
@@ -165,5 +167,6 @@ def _read_tiles(
                 str(exc),
                 errors=[{"field": "files", "message": str(exc), "filename": uploaded.filename}],
             ) from exc
-        tiles.append(prepare_tile(pixels, model_input, info.nodata))
+        prepared, valid = prepare_tile(pixels, model_input, info.nodata)
+        tiles.append((prepared, valid, input_warnings(prepared, valid, info.dtype, model_input)))
     return tiles

@@ -415,6 +415,26 @@ def test_each_answer_says_how_much_of_its_tile_the_model_could_read(api, trained
     assert got == {"full.tif": 1.0, "half.tif": 0.5, "unread.tif": 1.0, "empty.tif": 0.0}
 
 
+def test_answers_warn_when_a_tile_looks_like_other_units_and_are_given_all_the_same(api, trained):
+    _, model, classes = trained
+    tile = classes["urban"][1]  # a training tile, uint16 digital numbers
+    tiles = {
+        "as_trained.tif": tile,
+        "reflectance.tif": (tile * 1e-4).astype("float32"),
+        "times_ten.tif": tile * 10,  # still uint16: only the values give it away
+    }
+
+    response = api.post(f"/v1/models/{model['id']}/predict", files=tile_upload(tiles))
+
+    assert response.status_code == 200, response.text
+    got = {p["filename"]: p["warnings"] for p in response.json()["predictions"]}
+    assert got["as_trained.tif"] == []
+    assert "pixel type is float32 and the training data's uint16" in got["reflectance.tif"][0]
+    assert len(got["times_ten.tif"]) == 1 and "other units" in got["times_ten.tif"][0]
+    assert "band 5 averages" in got["times_ten.tif"][0]  # band 5 is the model's first
+    assert all(p["label"] in model["classes"] for p in response.json()["predictions"])
+
+
 def test_scenes_are_listed_cancelled_and_deleted_with_their_files(api, trained):
     settings, model, _ = trained
     url = f"/v1/models/{model['id']}/scenes"
