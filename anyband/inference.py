@@ -128,36 +128,50 @@ def input_warnings(
     prepared: np.ndarray, valid_fraction: float, dtype: str, model: ModelInput
 ) -> list[str]:
     """What about a tile (`prepare`d, with its valid fraction and its own pixel type) suggests
-    that its values are not in the training data's units: a pixel type other than the training
-    data's, or a band whose mean over the valid pixels lies more than UNUSUAL_DEVIATIONS
-    training standard deviations from the training mean. The values still reach the model as
-    they are; these say why its answer may mean little."""
-    found = []
-    if np.dtype(dtype) != np.dtype(model.dtype):
-        found.append(
-            f"the tile's pixel type is {dtype} and the training data's {model.dtype}: values "
-            f"reach the model as they are, so they must be in the training data's units"
-        )
-    if model.band_std is None or valid_fraction <= 0:
-        return found
+    that its values are not in the training data's units: see `type_warning` and
+    `units_warning`. The values still reach the model as they are; these say why its answer
+    may mean little."""
+    found = [type_warning(dtype, model, "tile")]
+    if valid_fraction > 0:
+        # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
+        means = np.asarray(model.band_mean, dtype=np.float64)
+        deviation = prepared.mean(axis=(0, 1), dtype=np.float64) - means
+        found.append(units_warning(means + deviation / valid_fraction, model))
+    return [warning for warning in found if warning]
+
+
+def type_warning(dtype: str, model: ModelInput, what: str) -> str | None:
+    """A pixel type other than the training data's (float32 reflectance sent to a model trained
+    on uint16 digital numbers, say), or None."""
+    if np.dtype(dtype) == np.dtype(model.dtype):
+        return None
+    return (
+        f"the {what}'s pixel type is {dtype} and the training data's {model.dtype}: values "
+        f"reach the model as they are, so they must be in the training data's units"
+    )
+
+
+def units_warning(band_means, model: ModelInput) -> str | None:
+    """The model's bands (in model order) whose mean over the valid pixels lies more than
+    UNUSUAL_DEVIATIONS training standard deviations from the training mean, or None."""
+    if model.band_std is None or band_means is None:
+        return None
+    got = np.asarray(band_means, dtype=np.float64)
     means = np.asarray(model.band_mean, dtype=np.float64)
-    stds = np.asarray(model.band_std, dtype=np.float64)
-    # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
-    deviation = (prepared.mean(axis=(0, 1), dtype=np.float64) - means) / valid_fraction
     with np.errstate(divide="ignore", invalid="ignore"):
-        distance = np.abs(deviation) / stds
+        distance = np.abs(got - means) / np.asarray(model.band_std, dtype=np.float64)
     far = np.flatnonzero(distance > UNUSUAL_DEVIATIONS)
-    if far.size:
-        bands = ", ".join(
-            f"band {model.bands[i]} averages {means[i] + deviation[i]:.4g} against "
-            f"{means[i]:.4g} ± {stds[i]:.4g} ({distance[i]:.0f} std away)"
-            for i in far
-        )
-        found.append(
-            f"unlike the training data: {bands}. Are the tile's values in other units "
-            f"(reflectance against digital numbers, another scale factor or offset)?"
-        )
-    return found
+    if not far.size:
+        return None
+    bands = ", ".join(
+        f"band {model.bands[i]} averages {got[i]:.4g} against {means[i]:.4g} ± "
+        f"{model.band_std[i]:.4g} ({distance[i]:.0f} std away)"
+        for i in far
+    )
+    return (
+        f"unlike the training data: {bands}. Are the values in other units (reflectance "
+        f"against digital numbers, another scale factor or offset)?"
+    )
 
 
 def valid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

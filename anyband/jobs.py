@@ -179,10 +179,24 @@ def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> boo
         return True
 
 
-def finish_scene(sessions: sessionmaker, scene_id: str, owner: str) -> bool:
+def finish_scene(
+    sessions: sessionmaker, scene_id: str, owner: str, warnings: list[str] | None = None
+) -> bool:
+    """Succeeded, if still this owner's; `warnings` found while mapping are added to those the
+    scene was given when it was submitted."""
     with sessions.begin() as session:
+        values = {}
+        if warnings:
+            scene = session.get(Scene, scene_id)
+            values["warnings"] = [*((scene.warnings or []) if scene else []), *warnings]
         return _end(
-            session, Scene, scene_id, owner, JOB_SUCCEEDED, windows_done=Scene.windows_total
+            session,
+            Scene,
+            scene_id,
+            owner,
+            JOB_SUCCEEDED,
+            windows_done=Scene.windows_total,
+            **values,
         )
 
 

@@ -48,6 +48,8 @@ class SceneResult:
     # The class of every `preview_step`-th pixel in each direction (-1: nodata), for a quicklook.
     preview: np.ndarray | None = None
     preview_step: int = 1
+    # Each model band's mean over the valid pixels (raw units), None when none is valid.
+    band_means: tuple[float, ...] | None = None
 
 
 def check_scene(
@@ -102,7 +104,8 @@ def classify_scene(
     band is nodata, NaN or infinite. It appears at `output_path` only once complete. `name` is
     the input's name in messages. Its tags `class_pixels` and `nodata_pixels` count the map's
     pixels of each class and of nodata; the result returns them too, with a preview of the map
-    at most `preview_side` px on its longer side (the pixel nearest the centre of each cell).
+    at most `preview_side` px on its longer side (the pixel nearest the centre of each cell),
+    and each model band's mean over the valid pixels.
 
     The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
     blocks, at least one, and no narrower than the input's blocks: a striped input, whose blocks
@@ -171,9 +174,11 @@ def classify_scene(
                     ready, row, pixels = waiting.popleft()
                     if row == 0:
                         writer.begin(ready.start, ready.stop)
-                    class_rows = _class_rows(probs, ready.owner, pixels, nodata)
+                    valid = valid_pixels(pixels, nodata)
+                    class_rows = _class_rows(probs, ready.owner, valid)
                     writer.add(class_rows)
                     summary.add(class_rows[0], row_bounds[row], ready.start)
+                    summary.add_pixels(pixels, valid, model_input.band_index)
                     if row == len(rows) - 1:
                         writer.flush()
                     done += ready.new_windows
@@ -202,6 +207,7 @@ def classify_scene(
         nodata_pixels=nodata_pixels,
         preview=summary.preview,
         preview_step=summary.step,
+        band_means=summary.band_means(),
     )
 
 
@@ -315,19 +321,21 @@ def _cache_bytes(source, tile_h: int, read_width: int) -> int:
     return max(_MIN_CACHE_BYTES, rows * cols * source.count * np.dtype(source.dtypes[0]).itemsize)
 
 
-def _class_rows(probs, owner, owned, nodata) -> np.ndarray:
-    """(1 + classes, rows, columns) output for the `owned` pixels, column c from window owner[c]."""
-    rows = np.empty((1 + probs.shape[1], *owned.shape[:2]), dtype=np.float32)
+def _class_rows(probs, owner, valid) -> np.ndarray:
+    """(1 + classes, rows, columns) output for owned pixels (`valid`: those valid in every input
+    band), column c from window owner[c]."""
+    rows = np.empty((1 + probs.shape[1], *valid.shape), dtype=np.float32)
     rows[0] = np.argmax(probs, axis=1)[owner]
     rows[1:] = probs.T[:, None, owner]
-    rows[:, ~valid_pixels(owned, nodata)] = OUTPUT_NODATA
+    rows[:, ~valid] = OUTPUT_NODATA
     return rows
 
 
 class _MapSummary:
     """What a class map holds, gathered as its rows are written: the pixels of each class (index
     0: nodata) and a preview, the class of the pixel nearest the centre of each `step` x `step`
-    cell, at most `side` px on its longer side. Both stay small whatever the scene's size."""
+    cell, at most `side` px on its longer side; and the sum of each model band over the valid
+    pixels. All stay small whatever the scene's size."""
 
     def __init__(self, width: int, height: int, classes: int, side: int):
         self.step = max(1, math.ceil(max(width, height) / side))
@@ -335,6 +343,19 @@ class _MapSummary:
         self.cols = np.arange(self.step // 2, width, self.step)
         self.preview = np.full((len(self.rows), len(self.cols)), -1, dtype=np.int16)
         self.counts = np.zeros(1 + classes, dtype=np.int64)
+        self.band_sums: np.ndarray | None = None
+
+    def add_pixels(self, pixels: np.ndarray, valid: np.ndarray, band_index: np.ndarray) -> None:
+        """The input `pixels` (rows, columns, bands) the map's rows were made from."""
+        sums = np.take(pixels[valid], band_index, axis=-1).sum(axis=0, dtype=np.float64)
+        self.band_sums = sums if self.band_sums is None else self.band_sums + sums
+
+    def band_means(self) -> tuple[float, ...] | None:
+        """Each model band's mean over the valid pixels; None when none is valid."""
+        valid = int(self.counts[1:].sum())
+        if not valid or self.band_sums is None:
+            return None
+        return tuple((self.band_sums / valid).tolist())
 
     def add(self, class_rows: np.ndarray, top: int, left: int) -> None:
         """`class_rows` (-1: nodata) the map's pixels from row `top` and column `left` on."""

@@ -16,6 +16,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
@@ -171,6 +173,9 @@ class Scene(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What suggests the scene is not in the training data's units (added after the first
+    # release: nullable, so that older databases gain it in place; see create_schema).
+    warnings: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Worker(Base):
@@ -215,10 +220,14 @@ def create_schema(engine: Engine, attempts: int = 10) -> None:
     the other's CREATE fails with "already exists" (PostgreSQL: a duplicate key in its
     catalog; SQLite may also answer "database is locked" to the second writer at once). The
     worker then ran without its heartbeat and reconciler. Trying again settles it: the next
-    check sees the tables the other process made."""
+    check sees the tables the other process made.
+
+    A database an older anyband made gains the columns added since, in place, so that an
+    upgrade keeps every row (see `add_missing_columns`)."""
     for attempt in range(1, attempts + 1):
         try:
             Base.metadata.create_all(engine)
+            add_missing_columns(engine)
             return
         except DatabaseError as exc:  # OperationalError, ProgrammingError, IntegrityError
             reason = str(exc.orig).lower()
@@ -226,3 +235,32 @@ def create_schema(engine: Engine, attempts: int = 10) -> None:
             if attempt == attempts or not any(words in reason for words in racing):
                 raise
             time.sleep(0.05 * attempt)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """`ALTER TABLE ... ADD COLUMN` for each column of a table that the database's copy of the
+    table lacks (it was made by an older anyband); returns them as "table.column". Columns
+    added after a release are nullable, so rows already there simply hold NULL; one that is
+    not could not be added to them, and is refused with what to do."""
+    inspector = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    added = []
+    for table in Base.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"the database's table {table.name} lacks the column {column.name}, which "
+                    "cannot be added to the rows already there (NOT NULL); migrate it by hand"
+                )
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                )
+            added.append(f"{table.name}.{column.name}")
+    return added

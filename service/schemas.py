@@ -169,6 +169,13 @@ class ScenePublic(BaseModel):
     status: str
     progress: SceneProgress
     error: str | None
+    warnings: list[str] = Field(
+        default=[],
+        description="what suggests the scene is not in the training data's units: a pixel type "
+        "other than the training data's (known at submission), or a band whose mean over the "
+        "valid pixels lies more than 6 training standard deviations from the training mean "
+        "(known once mapped); the scene is mapped all the same",
+    )
     result: str | None = Field(description="where to download the class map once succeeded")
     preview: str | None = Field(
         description="where to see the class map as a PNG, with each class's share, once succeeded"
@@ -184,6 +191,7 @@ class ScenePublic(BaseModel):
             total = data.windows_total or 0
             return {
                 **_columns(cls, data),
+                "warnings": data.warnings or [],
                 "progress": {
                     "windows_done": data.windows_done,
                     "windows_total": total,

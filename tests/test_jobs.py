@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -36,8 +36,12 @@ from anyband.store import (
     Dataset,
     Job,
     Model,
+    Scene,
     Worker,
+    add_missing_columns,
+    create_schema,
     init_db,
+    make_engine,
     new_id,
     utcnow,
 )
@@ -718,3 +722,45 @@ def test_processes_starting_together_on_a_new_database_all_get_its_schema(tmp_pa
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+def test_a_database_made_before_a_column_was_added_gains_it_in_place_and_keeps_its_rows(
+    sessions,
+):
+    """An upgrade: anyband's Scene gained `warnings` after databases with scenes existed."""
+    engine = sessions.kw["bind"]
+    with sessions() as session:
+        session.add(Scene(id="old", model_id="m", filename="s.tif", width=64, height=64, stride=32))
+        session.commit()
+    with engine.begin() as connection:  # the table as an older anyband made it
+        connection.execute(text("ALTER TABLE scenes DROP COLUMN warnings"))
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+
+    # Processes that start together on it (the API and its worker) all get the column.
+    errors, together = [], threading.Barrier(4)
+
+    def start() -> None:
+        together.wait()
+        try:
+            create_schema(make_engine(url))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    upgraded = init_db(url)
+    with upgraded() as session:
+        old = session.get(Scene, "old")
+        assert (old.filename, old.warnings) == ("s.tif", None)  # kept, with nothing to say
+        old.warnings = ["a warning"]
+        session.commit()
+    with upgraded() as session:
+        assert session.get(Scene, "old").warnings == ["a warning"]
+    assert add_missing_columns(upgraded.kw["bind"]) == []  # nothing more to add
+    upgraded.kw["bind"].dispose()

@@ -152,6 +152,19 @@ def test_the_result_counts_each_class_and_previews_the_map(tmp_path, side, step)
     assert (result.crs, result.transform) == ("EPSG:32633", tuple(DEFAULT_TRANSFORM)[:6])
 
 
+def test_the_result_holds_the_mean_of_each_model_band_over_the_valid_pixels(tmp_path):
+    array = two_part_scene(bands=4)
+    array[:30, :50, 1] = 0  # nodata in a band the model does not read: still not valid
+    inputs = model_input(dataset_bands=4, nodata=0, order=(3, 1, 4))
+
+    result, _, _ = classify(tmp_path, array, inputs=inputs, chunk_width=64)
+
+    valid = np.ones(array.shape[:2], bool)
+    valid[:30, :50] = False
+    expected = [array[..., band - 1][valid].astype(np.float64).mean() for band in (3, 1, 4)]
+    np.testing.assert_allclose(result.band_means, expected, rtol=1e-12)
+
+
 def test_a_preview_below_one_px_is_refused(tmp_path):
     with pytest.raises(ValueError, match="preview_side must be at least 1 px"):
         classify(tmp_path, two_part_scene(48, 40), preview_side=0)

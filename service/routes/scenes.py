@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from anyband import jobs
 from anyband.artifacts import MODEL_FILE, read_card, verify_sha256, why_unusable
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
-from anyband.inference import ModelInput
+from anyband.inference import ModelInput, type_warning
 from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_PREVIEW, SCENE_RESULT
@@ -94,6 +94,8 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
         stride=stride,
         # Known now, so that progress never reads "0 of 0" while the worker opens the scene.
         windows_total=window_count(info.width, info.height, tuple(record.tile_size), stride),
+        # Its worker adds what the pixels show (band means far from the training data's).
+        warnings=[w for w in [type_warning(info.dtype, model_input, "scene")] if w] or None,
     )
     sessions = request.app.state.sessions
     with sessions() as session:

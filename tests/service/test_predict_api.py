@@ -492,3 +492,28 @@ def test_a_mapped_scene_has_a_preview_and_says_so_when_it_is_missing(api, traine
     (settings.data_dir / "scenes" / scene_id / "preview.png").unlink()
     assert_problem(api.get(scene["preview"]), 404, "has no preview", f"{scene_id}/result.tif")
     assert api.get(scene["result"]).status_code == 200  # the map itself is still there
+
+
+def test_a_scene_in_other_units_is_mapped_with_warnings_from_its_type_and_its_pixels(api, trained):
+    settings, model, classes = trained
+    scene = np.concatenate([classes["urban"][0], classes["water"][0]], axis=1)  # 32 x 64
+    as_trained = {"file": ("dn.tif", tile_bytes(scene), "image/tiff")}
+    other_units = {"file": ("x10.tif", tile_bytes((scene * 10).astype("float32")), "image/tiff")}
+
+    ids = []
+    for files in (as_trained, other_units):
+        response = api.post(f"/v1/models/{model['id']}/scenes", files=files)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    assert api.get(f"/v1/scenes/{ids[0]}").json()["warnings"] == []
+    submitted = api.get(f"/v1/scenes/{ids[1]}").json()["warnings"]
+    assert len(submitted) == 1  # the type is known from the header
+    assert "scene's pixel type is float32 and the training data's uint16" in submitted[0]
+
+    for scene_id in ids:
+        assert run_scene_job(scene_id, settings, "test-worker") == "succeeded"
+
+    assert api.get(f"/v1/scenes/{ids[0]}").json()["warnings"] == []
+    mapped = api.get(f"/v1/scenes/{ids[1]}").json()["warnings"]
+    assert mapped[0] == submitted[0] and len(mapped) == 2  # the pixels' warning is added
+    assert "unlike the training data: band 5 averages" in mapped[1]
