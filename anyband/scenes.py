@@ -48,7 +48,8 @@ class SceneResult:
     # The class of every `preview_step`-th pixel in each direction (-1: nodata), for a quicklook.
     preview: np.ndarray | None = None
     preview_step: int = 1
-    # Each model band's mean over the valid pixels (raw units), None when none is valid.
+    # Each model band's mean (raw units) over the valid pixels of the preview's sample (every
+    # pixel up to preview_side); None when none is valid.
     band_means: tuple[float, ...] | None = None
 
 
@@ -105,7 +106,7 @@ def classify_scene(
     the input's name in messages. Its tags `class_pixels` and `nodata_pixels` count the map's
     pixels of each class and of nodata; the result returns them too, with a preview of the map
     at most `preview_side` px on its longer side (the pixel nearest the centre of each cell),
-    and each model band's mean over the valid pixels.
+    and each model band's mean over the valid pixels of that sample.
 
     The scene is mapped in chunks of `chunk_width` output columns (rounded down to whole output
     blocks, at least one, and no narrower than the input's blocks: a striped input, whose blocks
@@ -158,7 +159,9 @@ def classify_scene(
             queue = _WindowQueue(predict, model_input, nodata, batch_size, len(classes))
             waiting: deque[tuple[_Chunk, int, np.ndarray]] = deque()  # read, not yet written
             writer = _BlockRowWriter(output, max(chunk.stop - chunk.start for chunk in chunks))
-            summary = _MapSummary(info.width, info.height, len(classes), preview_side)
+            summary = _MapSummary(
+                info.width, info.height, len(classes), preview_side, model_input.band_index
+            )
             total, done = len(rows) * len(cols), 0
             for chunk, (j, top) in itertools.product(chunks, enumerate(rows)):
                 if should_stop is not None and should_stop():
@@ -177,8 +180,7 @@ def classify_scene(
                     valid = valid_pixels(pixels, nodata)
                     class_rows = _class_rows(probs, ready.owner, valid)
                     writer.add(class_rows)
-                    summary.add(class_rows[0], row_bounds[row], ready.start)
-                    summary.add_pixels(pixels, valid, model_input.band_index)
+                    summary.add(class_rows[0], pixels, row_bounds[row], ready.start)
                     if row == len(rows) - 1:
                         writer.flush()
                     done += ready.new_windows
@@ -333,39 +335,44 @@ def _class_rows(probs, owner, valid) -> np.ndarray:
 
 class _MapSummary:
     """What a class map holds, gathered as its rows are written: the pixels of each class (index
-    0: nodata) and a preview, the class of the pixel nearest the centre of each `step` x `step`
-    cell, at most `side` px on its longer side; and the sum of each model band over the valid
-    pixels. All stay small whatever the scene's size."""
+    0: nodata); a preview, the class of the pixel nearest the centre of each `step` x `step`
+    cell, at most `side` px on its longer side; and each model band's mean over the valid
+    pixels of that same sample (every pixel of a scene up to `side` px, about a million of a
+    larger one). All stay small whatever the scene's size."""
 
-    def __init__(self, width: int, height: int, classes: int, side: int):
+    def __init__(self, width: int, height: int, classes: int, side: int, band_index: np.ndarray):
         self.step = max(1, math.ceil(max(width, height) / side))
         self.rows = np.arange(self.step // 2, height, self.step)
         self.cols = np.arange(self.step // 2, width, self.step)
         self.preview = np.full((len(self.rows), len(self.cols)), -1, dtype=np.int16)
         self.counts = np.zeros(1 + classes, dtype=np.int64)
-        self.band_sums: np.ndarray | None = None
+        self.band_index = band_index
+        self.band_sums = np.zeros(len(band_index), dtype=np.float64)
+        self.sampled = 0  # valid pixels in the sample
 
-    def add_pixels(self, pixels: np.ndarray, valid: np.ndarray, band_index: np.ndarray) -> None:
-        """The input `pixels` (rows, columns, bands) the map's rows were made from."""
-        sums = np.take(pixels[valid], band_index, axis=-1).sum(axis=0, dtype=np.float64)
-        self.band_sums = sums if self.band_sums is None else self.band_sums + sums
-
-    def band_means(self) -> tuple[float, ...] | None:
-        """Each model band's mean over the valid pixels; None when none is valid."""
-        valid = int(self.counts[1:].sum())
-        if not valid or self.band_sums is None:
-            return None
-        return tuple((self.band_sums / valid).tolist())
-
-    def add(self, class_rows: np.ndarray, top: int, left: int) -> None:
-        """`class_rows` (-1: nodata) the map's pixels from row `top` and column `left` on."""
+    def add(self, class_rows: np.ndarray, pixels: np.ndarray, top: int, left: int) -> None:
+        """`class_rows` (-1: nodata) the map's pixels from row `top` and column `left` on, made
+        from the input `pixels` (rows, columns, bands) there."""
         self.counts += np.bincount(
             (class_rows + 1).astype(np.intp).ravel(), minlength=len(self.counts)
         )
         height, width = class_rows.shape
         rows = slice(*np.searchsorted(self.rows, (top, top + height)))
         cols = slice(*np.searchsorted(self.cols, (left, left + width)))
-        self.preview[rows, cols] = class_rows[np.ix_(self.rows[rows] - top, self.cols[cols] - left)]
+        at = np.ix_(self.rows[rows] - top, self.cols[cols] - left)
+        sample = class_rows[at]
+        self.preview[rows, cols] = sample
+        valid = sample != OUTPUT_NODATA
+        self.band_sums += np.take(pixels[at][valid], self.band_index, axis=-1).sum(
+            axis=0, dtype=np.float64
+        )
+        self.sampled += int(np.count_nonzero(valid))
+
+    def band_means(self) -> tuple[float, ...] | None:
+        """Each model band's mean over the sample's valid pixels; None when none is valid."""
+        if not self.sampled:
+            return None
+        return tuple((self.band_sums / self.sampled).tolist())
 
 
 class _WindowQueue:

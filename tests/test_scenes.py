@@ -152,16 +152,22 @@ def test_the_result_counts_each_class_and_previews_the_map(tmp_path, side, step)
     assert (result.crs, result.transform) == ("EPSG:32633", tuple(DEFAULT_TRANSFORM)[:6])
 
 
-def test_the_result_holds_the_mean_of_each_model_band_over_the_valid_pixels(tmp_path):
+@pytest.mark.parametrize(("side", "step"), [(1024, 1), (64, 5)])
+def test_the_result_holds_each_model_bands_mean_over_the_sampled_valid_pixels(tmp_path, side, step):
     array = two_part_scene(bands=4)
     array[:30, :50, 1] = 0  # nodata in a band the model does not read: still not valid
     inputs = model_input(dataset_bands=4, nodata=0, order=(3, 1, 4))
 
-    result, _, _ = classify(tmp_path, array, inputs=inputs, chunk_width=64)
+    result, _, _ = classify(
+        tmp_path, array, inputs=inputs, chunk_width=64, preview_side=side, nodata=0
+    )
 
     valid = np.ones(array.shape[:2], bool)
     valid[:30, :50] = False
-    expected = [array[..., band - 1][valid].astype(np.float64).mean() for band in (3, 1, 4)]
+    sample = (slice(step // 2, None, step),) * 2  # every pixel up to the preview's side
+    expected = [
+        array[..., band - 1][sample][valid[sample]].astype(np.float64).mean() for band in (3, 1, 4)
+    ]
     np.testing.assert_allclose(result.band_means, expected, rtol=1e-12)
 
 
