@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anyband.quicklook import NODATA_COLOR, class_colors, class_map_rgba, plot_class_map
+from anyband.quicklook import (
+    NODATA_COLOR,
+    _extent_and_axes,
+    _share,
+    class_colors,
+    class_map_rgba,
+    plot_class_map,
+)
 from anyband.scenes import SceneResult
 
 
@@ -83,3 +90,46 @@ def test_a_result_without_a_preview_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="holds no preview"):
         plot_class_map(result, tmp_path / "p.png", title="t")
+
+
+@pytest.mark.parametrize(
+    ("transform", "crs", "labels", "where"),
+    [
+        (
+            (30.0, 0.0, 5e5, 0.0, -30.0, 4.5e6),
+            "EPSG:32618",
+            ("easting (metre)", "northing (metre)"),
+            ", EPSG:32618",
+        ),
+        (
+            (0.001, 0.0, -70.5, 0.0, -0.001, -8.0),
+            "EPSG:4326",
+            ("longitude (°)", "latitude (°)"),
+            ", EPSG:4326",
+        ),
+        ((30.0, 0.0, 5e5, 0.0, -30.0, 4.5e6), None, ("x (map units)", "y (map units)"), ""),
+        (
+            (30.0, 5.0, 5e5, 5.0, -30.0, 4.5e6),
+            "EPSG:32618",
+            ("column (px)", "row (px)"),
+            "",
+        ),  # rotated
+        (None, None, ("column (px)", "row (px)"), ""),
+    ],
+)
+def test_a_map_is_drawn_in_its_own_coordinates_with_their_units(transform, crs, labels, where):
+    result = scene_result(np.zeros((100, 200), np.int16), ["a"], transform, crs)
+
+    extent, got_labels, got_where = _extent_and_axes(result)
+
+    assert (got_labels, got_where) == (labels, where)
+    if labels[0] == "column (px)":
+        assert extent == (0, 200, 100, 0)  # row 0 at the top
+    else:
+        a, _, c, _, e, f = transform
+        assert extent == (c, c + 200 * a, f + 100 * e, f)  # left, right, bottom, top
+
+
+def test_shares_of_a_scene_with_no_valid_pixel_are_not_applicable():
+    assert _share(0, 0) == "n/a"
+    assert (_share(1, 3), _share(1, 10_000), _share(0, 10)) == ("33.3%", "<0.1%", "0.0%")

@@ -173,8 +173,8 @@ def get_scene_result(scene_id: str, session: SessionDep, settings: SettingsDep):
     responses={200: {"content": {"image/png": {}}}},
 )
 def get_scene_preview(scene_id: str, session: SessionDep, settings: SettingsDep):
-    """The class map as a picture, at most 1024 px on its longer side: each class in its own
-    colour, in the scene's coordinates, with each class's share of the valid pixels."""
+    """The class map as a picture (sampled at most 1024 px on its longer side): each class in
+    its own colour, in the scene's coordinates, with each class's share of the valid pixels."""
     path = _finished_file(session, settings, scene_id, SCENE_PREVIEW)
     if not path.is_file():
         raise Problem(
