@@ -128,26 +128,38 @@ def input_warnings(
     prepared: np.ndarray, valid_fraction: float, dtype: str, model: ModelInput
 ) -> list[str]:
     """What about a tile (`prepare`d, with its valid fraction and its own pixel type) suggests
-    that its values are not in the training data's units: see `type_warning` and
-    `units_warning`. The values still reach the model as they are; these say why its answer
-    may mean little."""
-    found = [type_warning(dtype, model, "tile")]
-    if valid_fraction > 0:
-        # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
-        means = np.asarray(model.band_mean, dtype=np.float64)
-        deviation = prepared.mean(axis=(0, 1), dtype=np.float64) - means
-        found.append(units_warning(means + deviation / valid_fraction, model))
+    its answer may mean little: no valid pixel at all, a pixel type other than the training
+    data's, or band means far from the training data's (`type_warning`, `units_warning`). The
+    values still reach the model as they are."""
+    if valid_fraction <= 0:
+        return [
+            "no pixel of the tile is valid in the bands the model reads (nodata, NaN or "
+            "infinite): the answer rests on the training data's band means alone"
+        ]
+    # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
+    means = np.asarray(model.band_mean, dtype=np.float64)
+    band_means = means + (prepared.mean(axis=(0, 1), dtype=np.float64) - means) / valid_fraction
+    found = [type_warning(dtype, model, "tile", band_means), units_warning(band_means, model)]
     return [warning for warning in found if warning]
 
 
-def type_warning(dtype: str, model: ModelInput, what: str) -> str | None:
+def type_warning(dtype: str, model: ModelInput, what: str, band_means=None) -> str | None:
     """A pixel type other than the training data's (float32 reflectance sent to a model trained
-    on uint16 digital numbers, say), or None."""
+    on uint16 digital numbers, say), with the band means beside the training data's when they
+    are known, so that values in the right units can be told from values in others; or None."""
     if np.dtype(dtype) == np.dtype(model.dtype):
         return None
+    compared = ""
+    if band_means is not None:
+        pairs = list(zip(model.bands, band_means, model.band_mean, strict=True))
+        shown = ", ".join(
+            f"band {b} {_number(got)} ({_number(want)})" for b, got, want in pairs[:4]
+        )
+        more = f" and {len(pairs) - 4} more" if len(pairs) > 4 else ""
+        compared = f" Its band means (the training data's): {shown}{more}."
     return (
         f"the {what}'s pixel type is {dtype} and the training data's {model.dtype}: values "
-        f"reach the model as they are, so they must be in the training data's units"
+        f"reach the model as they are, so they must be in the training data's units.{compared}"
     )
 
 
@@ -164,14 +176,24 @@ def units_warning(band_means, model: ModelInput) -> str | None:
     if not far.size:
         return None
     bands = ", ".join(
-        f"band {model.bands[i]} averages {got[i]:.4g} against {means[i]:.4g} ± "
-        f"{model.band_std[i]:.4g} ({distance[i]:.0f} std away)"
+        f"band {model.bands[i]} averages {_number(got[i])} against {_number(means[i])} ± "
+        f"{_number(model.band_std[i])} ({distance[i]:.1f} std away)"
         for i in far
     )
     return (
         f"unlike the training data: {bands}. Are the values in other units (reflectance "
-        f"against digital numbers, another scale factor or offset)?"
+        f"against digital numbers, another scale factor or offset), or saturated?"
     )
+
+
+def _number(value: float) -> str:
+    """16274.3 -> '16,274'; 0.05123 -> '0.05123': plain digits, never an exponent a reader
+    must decode, except for what is tiny or huge."""
+    if abs(value) >= 1e12 or (value and abs(value) < 1e-4):
+        return f"{value:.3g}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
 
 
 def valid_pixels(pixels: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -182,13 +182,10 @@ def finish(sessions: sessionmaker, job_id: str, owner: str, model: Model) -> boo
 def finish_scene(
     sessions: sessionmaker, scene_id: str, owner: str, warnings: list[str] | None = None
 ) -> bool:
-    """Succeeded, if still this owner's; `warnings` found while mapping are added to those the
-    scene was given when it was submitted."""
+    """Succeeded, if still this owner's; `warnings` (what the mapped pixels showed) replace those
+    the scene was given when it was submitted, unless None."""
+    values = {} if warnings is None else {"warnings": warnings or None}
     with sessions.begin() as session:
-        values = {}
-        if warnings:
-            scene = session.get(Scene, scene_id)
-            values["warnings"] = [*((scene.warnings or []) if scene else []), *warnings]
         return _end(
             session,
             Scene,

@@ -34,7 +34,7 @@ def run_scene_job(
 ) -> str:
     """Map scene `scene_id` if no other worker holds it; returns its status afterwards.
     `interrupted()` True: the worker is shutting down; the scene is handed back, not failed."""
-    from anyband.inference import units_warning
+    from anyband.inference import type_warning, units_warning
     from anyband.scenes import classify_scene
     from anyband.serving import load_served_model
 
@@ -74,7 +74,15 @@ def run_scene_job(
                     should_stop=lambda: lease.lost.is_set() or interrupted(),
                 )
                 _draw_preview(result, folder / SCENE_PREVIEW, scene_id, scene.filename, record.id)
-                warning = units_warning(result.band_means, served.model_input)
+                model_input, means = served.model_input, result.band_means
+                warnings = [
+                    w
+                    for w in (
+                        type_warning(result.dtype, model_input, "scene", means),
+                        units_warning(means, model_input),
+                    )
+                    if w
+                ]
             except JobCancelled:
                 if interrupted() and not lease.lost.is_set():
                     return hand_back(
@@ -86,7 +94,7 @@ def run_scene_job(
                 log_failure(log, "scene", scene_id, exc)
                 jobs.fail(sessions, scene_id, worker_id, why_unusable(exc), table=Scene)
                 return _status(sessions, scene_id)
-        if jobs.finish_scene(sessions, scene_id, worker_id, [warning] if warning else None):
+        if jobs.finish_scene(sessions, scene_id, worker_id, warnings):
             (folder / SCENE_INPUT).unlink(missing_ok=True)  # the result is what was asked for
         return _status(sessions, scene_id)
     finally:

@@ -43,6 +43,7 @@ class SceneResult:
     seconds: float
     crs: str | None = None
     transform: tuple[float, ...] | None = None  # the input's, None when not georeferenced
+    dtype: str = "float32"  # the input's pixel type
     class_pixels: dict[str, int] | None = None  # pixels of each class in the map
     nodata_pixels: int = 0
     # The class of every `preview_step`-th pixel in each direction (-1: nodata), for a quicklook.
@@ -205,6 +206,7 @@ def classify_scene(
         seconds,
         crs=info.crs,
         transform=info.transform,
+        dtype=info.dtype,
         class_pixels=class_pixels,
         nodata_pixels=nodata_pixels,
         preview=summary.preview,

@@ -125,7 +125,9 @@ def test_a_tile_in_other_units_and_another_pixel_type_is_flagged_with_its_bands(
 
     assert len(found) == 2, found
     assert "pixel type is float32 and the training data's uint16" in found[0]
-    assert "band 1 averages 0.1 against 1000 ± 100 (10 std away)" in found[1]
+    # The means beside the training data's tell other units from the right ones in floats.
+    assert "band means (the training data's): band 1 0.1 (1,000), band 2 0.2 (2,000)." in found[0]
+    assert "band 1 averages 0.1 against 1,000 ± 100 (10.0 std away)" in found[1]
     assert "other units" in found[1]
     assert "band 2" not in found[1]  # 0.2 against 2000 ± 400: 5 std, within the 6 allowed
 
@@ -147,10 +149,13 @@ def test_only_valid_pixels_count_towards_a_band_mean():
 
     found = warnings_for(far, model)
 
-    assert len(found) == 1 and "band 1 averages 1800 against 1000 ± 100 (8 std away)" in found[0]
+    assert (
+        len(found) == 1 and "band 1 averages 1,800 against 1,000 ± 100 (8.0 std away)" in found[0]
+    )
     assert "band 2" not in found[0]
     assert warnings_for(near, model) == []
-    assert warnings_for(np.zeros((32, 32, 2), "uint16"), model) == []  # nothing valid to judge
+    (nothing,) = warnings_for(np.zeros((32, 32, 2), "uint16"), model)
+    assert "no pixel of the tile is valid" in nothing and "band means alone" in nothing
 
 
 @pytest.mark.skipif(not LANDSAT_CHIPS.is_dir(), reason=f"{LANDSAT_CHIPS} is not on this machine")

@@ -515,5 +515,8 @@ def test_a_scene_in_other_units_is_mapped_with_warnings_from_its_type_and_its_pi
 
     assert api.get(f"/v1/scenes/{ids[0]}").json()["warnings"] == []
     mapped = api.get(f"/v1/scenes/{ids[1]}").json()["warnings"]
-    assert mapped[0] == submitted[0] and len(mapped) == 2  # the pixels' warning is added
+    # Once mapped, the pixels speak too: the type's warning shows the scene's band means beside
+    # the training data's, and the far ones have their own.
+    assert len(mapped) == 2 and mapped[0].startswith(submitted[0]), mapped
+    assert "Its band means (the training data's): band 5 " in mapped[0]
     assert "unlike the training data: band 5 averages" in mapped[1]
