@@ -141,7 +141,8 @@ def resolve_spec(
         if spec.init_strategy == "per_band":
             error(
                 "initializer",
-                "per_band shares the pretrained conv1 across bands and takes no initializer. "
+                "per_band takes no initializer: every band goes through one shared one-band "
+                "conv1, the pretrained kernel summed over R, G, B (random with weights 'none'). "
                 f"Received: initializer={spec.initializer!r}",
             )
         elif spec.init_strategy in ("repeat", "mean") and spec.weights != "none":

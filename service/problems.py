@@ -82,9 +82,12 @@ def _field_error(error: dict, content_type: str = "") -> dict:
             "field": "body",
             "message": f"not valid JSON ({reason} at character {at}); send a JSON object",
         }
+    message = error["msg"]
+    if error["type"] == "value_error" and (error.get("ctx") or {}).get("error") is not None:
+        message = str(error["ctx"]["error"])  # our validator's words, without "Value error, "
     return {
         "field": ".".join(str(p) for p in error["loc"] if p != "body") or "body",
-        "message": error["msg"],
+        "message": message,
     }
 
 

@@ -18,7 +18,7 @@ from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_PREVIEW, SCENE_RESULT
 from anyband.scenes import check_scene, window_count
-from anyband.store import JOB_SUCCEEDED, Scene, new_id
+from anyband.store import JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, Scene, new_id
 from service.broker import enqueue
 from service.deps import (
     Limit,
@@ -38,6 +38,9 @@ from service.uploads import multipart_body, receive_multipart
 router = APIRouter(
     tags=["inference"], dependencies=[Depends(require_api_key)], responses=PROBLEM_RESPONSES
 )
+
+
+RESULT_RETRY_SECONDS = 5  # a queued or running scene's result: ask again in this long
 
 
 @router.post(
@@ -188,13 +191,17 @@ def get_scene_preview(scene_id: str, session: SessionDep, settings: SettingsDep)
 
 def _finished_file(session, settings, scene_id: str, name: str) -> Path:
     scene = _get_or_404(session, scene_id)
-    if scene.status != JOB_SUCCEEDED:
-        done = (
-            f" ({scene.windows_done} of {scene.windows_total} windows)"
-            if scene.windows_total
-            else ""
+    if scene.status in (JOB_QUEUED, JOB_RUNNING):
+        total = scene.windows_total
+        done = f" ({scene.windows_done} of {total} window{'s' if total != 1 else ''})"
+        raise Problem(
+            409,
+            f"scene '{scene_id}' is {scene.status}{done}; no result yet",
+            headers={"Retry-After": str(RESULT_RETRY_SECONDS)},
         )
-        raise Problem(409, f"scene '{scene_id}' is {scene.status}{done}; no result yet")
+    if scene.status != JOB_SUCCEEDED:
+        why = f": {scene.error}" if scene.error else ""
+        raise Problem(409, f"scene '{scene_id}' is {scene.status}; it has no result{why}")
     return scene_dir(settings.data_dir, scene_id) / name
 
 

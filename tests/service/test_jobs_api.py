@@ -103,7 +103,14 @@ def test_freeze_epochs_beyond_epochs_is_422(client, dataset):
     response = client.post(
         "/v1/jobs", json={"dataset_id": dataset["id"], "epochs": 2, "freeze_epochs": 3}
     )
-    assert_problem(response, 422, "freeze_epochs must be <= epochs")
+    body = assert_problem(response, 422, "freeze_epochs must be <= epochs")
+    assert "Value error" not in body["detail"]  # the validator's own words, not pydantic's
+    assert body["errors"] == [
+        {
+            "field": "freeze_epochs",
+            "message": "freeze_epochs must be <= epochs. Received: freeze_epochs=3, epochs=2",
+        }
+    ]
 
 
 def test_unknown_dataset_is_422_on_dataset_id(client):

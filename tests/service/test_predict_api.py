@@ -459,7 +459,8 @@ def test_scenes_are_listed_cancelled_and_deleted_with_their_files(api, trained):
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["finished_at"] is not None
     assert_problem(api.post(f"/v1/scenes/{ids[0]}/cancel"), 409, "already cancelled")
-    assert_problem(api.get(f"/v1/scenes/{ids[0]}/result.tif"), 409, "is cancelled")
+    gone = assert_problem(api.get(f"/v1/scenes/{ids[0]}/result.tif"), 409, "is cancelled")
+    assert "it has no result" in gone["detail"] and "yet" not in gone["detail"]
 
     assert api.delete(f"/v1/scenes/{ids[0]}").status_code == 204
     assert not first.exists()
@@ -479,7 +480,9 @@ def test_a_mapped_scene_has_a_preview_and_says_so_when_it_is_missing(api, traine
     assert response.status_code == 202, response.text
     scene_id = response.json()["id"]
     assert response.json()["preview"] is None
-    assert_problem(api.get(f"/v1/scenes/{scene_id}/preview.png"), 409, "is queued")
+    queued = api.get(f"/v1/scenes/{scene_id}/preview.png")
+    assert_problem(queued, 409, "is queued (0 of 1 window); no result yet")
+    assert queued.headers["Retry-After"] == "5"
 
     # What a worker runs for the scene task, here in the test's process.
     assert run_scene_job(scene_id, settings, "test-worker") == "succeeded"
