@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -335,6 +335,12 @@ def beat_worker(
             session.add(row)
         row.last_seen = utcnow()
         row.current_job_id = current_job_id
+
+
+def forget_worker(sessions: sessionmaker, worker_id: str) -> None:
+    """Remove a worker's heartbeat row: it is stopping."""
+    with sessions.begin() as session:
+        session.execute(delete(Worker).where(Worker.id == worker_id))
 
 
 def live_workers(session: Session, within_seconds: float) -> list[Worker]:

@@ -42,9 +42,11 @@ def test_a_database_failing_when_the_worker_starts_is_retried_not_fatal(
                     break
                 time.sleep(0.05)
         finally:
-            housekeeper.stopped.set()
-            housekeeper.join(timeout=10)
+            housekeeper.stop()  # what the worker_shutdown signal calls
 
     assert [w.id for w in beating] == [worker_app.WORKER_ID]
     assert len(calls) == 3
     assert caplog.text.count("housekeeping failed; trying again") == 2
+    assert not housekeeper.is_alive()
+    with sessions() as session:  # a worker that stopped cleanly is not counted a minute more
+        assert jobs.live_workers(session, within_seconds=60) == []
