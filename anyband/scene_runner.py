@@ -36,7 +36,6 @@ def run_scene_job(
     `interrupted()` True: the worker is shutting down; the scene is handed back, not failed."""
     from anyband.inference import type_warning, units_warning
     from anyband.scenes import classify_scene
-    from anyband.serving import load_served_model
 
     sessions = init_db(settings.sqlalchemy_url)
     try:
@@ -51,12 +50,7 @@ def run_scene_job(
             try:
                 if record is None:
                     raise FileNotFoundError(f"model '{scene.model_id}' no longer exists")
-                served = load_served_model(
-                    record.id,
-                    model_dir(settings.data_dir, record.id),
-                    record.sha256,
-                    fold_batch_norm=settings.fold_batch_norm,
-                )
+                served = _served_model(record, settings)
                 result = classify_scene(
                     served.predict,
                     folder / SCENE_INPUT,
@@ -99,6 +93,31 @@ def run_scene_job(
         return _status(sessions, scene_id)
     finally:
         sessions.kw["bind"].dispose()
+
+
+# The model this worker process last mapped a scene with (an anyband.serving.ModelCache of
+# one, made at the first scene): scene after scene with one model loads, folds and traces it
+# once. Every scene still checks the model file's hash first.
+_models = None
+
+
+def _served_model(record: Model, settings: Settings):
+    from anyband.artifacts import MODEL_FILE, verify_sha256
+    from anyband.serving import ModelCache, load_served_model
+
+    global _models
+    if _models is None:
+        _models = ModelCache(1)
+    folder = model_dir(settings.data_dir, record.id)
+    key = f"{record.id}:{record.sha256}:fold={settings.fold_batch_norm}"
+    if _models.peek(key) is not None:
+        verify_sha256(folder / MODEL_FILE, record.sha256)  # still the file that was trained
+    return _models.get(
+        key,
+        lambda: load_served_model(
+            record.id, folder, record.sha256, fold_batch_norm=settings.fold_batch_norm
+        ),
+    )
 
 
 def _draw_preview(result, path, scene_id: str, filename: str, model_id: str) -> None:

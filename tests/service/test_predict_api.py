@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from anyband import scene_runner
 from anyband.inference import ModelInput, prepare
 from anyband.runner import run_training_job
 from anyband.saving import load_model
@@ -523,3 +524,27 @@ def test_a_scene_in_other_units_is_mapped_with_warnings_from_its_type_and_its_pi
     assert len(mapped) == 2 and mapped[0].startswith(submitted[0]), mapped
     assert "Its band means (the training data's): band 5 " in mapped[0]
     assert "unlike the training data: band 5 averages" in mapped[1]
+
+
+def test_a_worker_maps_scene_after_scene_with_one_load_and_checks_the_file_each_time(
+    api, trained, monkeypatch
+):
+    settings, model, _ = trained
+    monkeypatch.setattr(scene_runner, "_models", None)  # as in a worker that just started
+    ids = []
+    for seed in range(3):
+        scene = {"file": (f"s{seed}.tif", tile_bytes(good_tile(seed)), "image/tiff")}
+        ids.append(api.post(f"/v1/models/{model['id']}/scenes", files=scene).json()["id"])
+
+    assert run_scene_job(ids[0], settings, "test-worker") == "succeeded"
+    assert run_scene_job(ids[1], settings, "test-worker") == "succeeded"
+    assert scene_runner._models.loads == 1  # loaded, folded and traced once
+
+    path = settings.data_dir / "models" / model["id"] / "model.keras"
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"tampered")
+        assert run_scene_job(ids[2], settings, "test-worker") == "failed"
+    finally:
+        path.write_bytes(original)
+    assert "model.keras no longer matches" in api.get(f"/v1/scenes/{ids[2]}").json()["error"]
