@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -84,17 +85,21 @@ class Housekeeper(threading.Thread):
             except Exception:
                 log.exception("housekeeping failed; trying again in %.0f s", self.period)
             if self.stopped.wait(self.period):
-                break
-        # A worker that stops cleanly leaves /healthz's count at once, not a minute later.
+                return
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop beating, and remove this worker's heartbeat row: a worker that stopped leaves
+        /healthz's count at once, not a minute later. Called as the process exits (atexit), once
+        its task has handed its job back: from worker_shutdown, which can run inside a signal
+        handler while the main thread is suspended mid-transaction (SQLite holds its write lock),
+        a write could stall the hand-back past the job's lease."""
+        self.stopped.set()
+        self.join(timeout)
         if self.sessions is not None:
             try:
                 jobs.forget_worker(self.sessions, WORKER_ID)
             except Exception:
                 log.exception("could not remove this worker's heartbeat row")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.stopped.set()
-        self.join(timeout)
 
 
 def _visible_devices() -> list[str]:
@@ -111,10 +116,12 @@ def _start_housekeeping(**_kwargs) -> None:
     period = min(settings.reconcile_seconds, settings.lease_seconds / 2)
     _housekeeper = Housekeeper(period)
     _housekeeper.start()
+    atexit.register(_housekeeper.stop, 5.0)
     log.info("worker %s ready (broker %s)", WORKER_ID, settings.celery_broker_url)
 
 
 @worker_shutdown.connect
 def _stop_housekeeping(**_kwargs) -> None:
+    # Only the event here; the heartbeat row goes at exit (Housekeeper.stop).
     if _housekeeper is not None:
-        _housekeeper.stop()
+        _housekeeper.stopped.set()
