@@ -139,7 +139,13 @@ def input_warnings(
     # Invalid pixels hold the band mean, so they add nothing to the sum of deviations.
     means = np.asarray(model.band_mean, dtype=np.float64)
     band_means = means + (prepared.mean(axis=(0, 1), dtype=np.float64) - means) / valid_fraction
-    found = [type_warning(dtype, model, "tile", band_means), units_warning(band_means, model)]
+    return pixel_warnings(dtype, band_means, model, "tile")
+
+
+def pixel_warnings(dtype: str, band_means, model: ModelInput, what: str) -> list[str]:
+    """`type_warning` and `units_warning` for a raster (`what`: "tile", "scene") of this pixel
+    type and these band means over its valid pixels (None: not known yet), those that apply."""
+    found = [type_warning(dtype, model, what, band_means), units_warning(band_means, model)]
     return [warning for warning in found if warning]
 
 

@@ -34,7 +34,7 @@ def run_scene_job(
 ) -> str:
     """Map scene `scene_id` if no other worker holds it; returns its status afterwards.
     `interrupted()` True: the worker is shutting down; the scene is handed back, not failed."""
-    from anyband.inference import type_warning, units_warning
+    from anyband.inference import pixel_warnings
     from anyband.scenes import classify_scene
 
     sessions = init_db(settings.sqlalchemy_url)
@@ -68,15 +68,9 @@ def run_scene_job(
                     should_stop=lambda: lease.lost.is_set() or interrupted(),
                 )
                 _draw_preview(result, folder / SCENE_PREVIEW, scene_id, scene.filename, record.id)
-                model_input, means = served.model_input, result.band_means
-                warnings = [
-                    w
-                    for w in (
-                        type_warning(result.dtype, model_input, "scene", means),
-                        units_warning(means, model_input),
-                    )
-                    if w
-                ]
+                warnings = pixel_warnings(
+                    result.dtype, result.band_means, served.model_input, "scene"
+                )
             except JobCancelled:
                 if interrupted() and not lease.lost.is_set():
                     return hand_back(

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from anyband import jobs
 from anyband.artifacts import MODEL_FILE, read_card, verify_sha256, why_unusable
 from anyband.errors import InvalidRasterError, ModelFileMismatchError
-from anyband.inference import ModelInput, type_warning
+from anyband.inference import ModelInput, pixel_warnings
 from anyband.paths import model_dir, scene_dir
 from anyband.queues import SCENE_TASK
 from anyband.scene_runner import SCENE_INPUT, SCENE_PREVIEW, SCENE_RESULT
@@ -98,7 +98,7 @@ async def create_scene(model_id: str, request: Request, response: Response, sett
         # Known now, so that progress never reads "0 of 0" while the worker opens the scene.
         windows_total=window_count(info.width, info.height, tuple(record.tile_size), stride),
         # Its worker adds what the pixels show (band means far from the training data's).
-        warnings=[w for w in [type_warning(info.dtype, model_input, "scene")] if w] or None,
+        warnings=pixel_warnings(info.dtype, None, model_input, "scene") or None,
     )
     sessions = request.app.state.sessions
     with sessions() as session:
@@ -152,7 +152,7 @@ def cancel_scene(scene_id: str, session: SessionDep):
 def delete_scene(scene_id: str, session: SessionDep, settings: SettingsDep):
     """The scene's record, its upload and its class map."""
     scene = _get_or_404(session, scene_id)
-    refuse_while_active(scene, f" ({scene.windows_done} of {scene.windows_total} windows)")
+    refuse_while_active(scene, _windows_done(scene))
     return remove(session, scene, scene_dir(settings.data_dir, scene_id))
 
 
@@ -192,17 +192,20 @@ def get_scene_preview(scene_id: str, session: SessionDep, settings: SettingsDep)
 def _finished_file(session, settings, scene_id: str, name: str) -> Path:
     scene = _get_or_404(session, scene_id)
     if scene.status in (JOB_QUEUED, JOB_RUNNING):
-        total = scene.windows_total
-        done = f" ({scene.windows_done} of {total} window{'s' if total != 1 else ''})"
         raise Problem(
             409,
-            f"scene '{scene_id}' is {scene.status}{done}; no result yet",
+            f"scene '{scene_id}' is {scene.status}{_windows_done(scene)}; no result yet",
             headers={"Retry-After": str(RESULT_RETRY_SECONDS)},
         )
     if scene.status != JOB_SUCCEEDED:
         why = f": {scene.error}" if scene.error else ""
         raise Problem(409, f"scene '{scene_id}' is {scene.status}; it has no result{why}")
     return scene_dir(settings.data_dir, scene_id) / name
+
+
+def _windows_done(scene: Scene) -> str:
+    total = scene.windows_total
+    return f" ({scene.windows_done} of {total} window{'s' if total != 1 else ''})"
 
 
 def _stride(value: str | None, tile: int) -> int:
